@@ -31,7 +31,9 @@ from moneta.types import EntityState, Memory
 class AuthoringTarget(Protocol):
     """The cold tier: receives batches of STAGED memories (at most 500 per batch)."""
 
-    def author(self, batch: Sequence[Memory], *, batch_id: str, authored_at: float) -> dict[UUID, str]:
+    def author(
+        self, batch: Sequence[Memory], *, batch_id: str, authored_at: float
+    ) -> dict[UUID, str]:
         """Durably author `batch`; return each entity's link (e.g. a USD prim path).
 
         `authored_at` is unix seconds (the handle's clock), used for layer/file naming

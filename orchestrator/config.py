@@ -48,7 +48,7 @@ class ReviewConfig:
     snapshot_include: tuple[str, ...] = ("**",)
     snapshot_exclude: tuple[str, ...] = ()
     snapshot_max_bytes: int = 1_500_000
-    model: str = "claude-opus-4-5"
+    model: str = "claude-opus-5-5"
     backend: str = "anthropic"
     max_tokens_reviewer: int = 8192
     max_tokens_synthesis: int = 16384

@@ -1,0 +1,270 @@
+"""Close one loop: validate → scope filter → dedupe → rank → record closures → render.
+
+Everything here is deterministic code (no model call): identical inputs give an
+identical `LoopSynthesis`, including byte-identical markdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.config import ReviewConfig, Role, Theme, match_glob
+from synth.ledger import ClosureLedger
+from synth.render import render_loop
+from synth.schema import SEVERITIES, SEVERITY_RANK, Finding, InvalidFinding, validate_finding
+from workers.result import ReviewerResult
+
+ROLE_ISOLATION = "role-isolation"
+DUPLICATE_PREFIX = "duplicate-of:"
+
+RankKey = tuple[int, int, int, int, str]
+
+
+@dataclass(slots=True)
+class LoopSynthesis:
+    """The judged outcome of one loop.
+
+    `invalid` holds (raw item, reason); `invalid_origin` is aligned with it and says
+    which reviewer sent the item and at which index of its array (-1 when the whole
+    `findings_raw` was not a list). `dropped` reasons are "role-isolation" or
+    "duplicate-of:<surviving id>". `closures` are (closer id, closed id) pairs;
+    `closure_status` is aligned with them ("closed" or "unknown-id").
+    """
+
+    loop: int
+    theme: Theme
+    kept: list[Finding]
+    invalid: list[tuple[object, str]]
+    dropped: list[tuple[Finding, str]]
+    reviewers: list[ReviewerResult]
+    closures: list[tuple[str, str]]
+    markdown: str = ""
+    invalid_origin: list[tuple[str, int]] = field(default_factory=list)
+    closure_status: list[str] = field(default_factory=list)
+
+    @property
+    def raw_count(self) -> int:
+        return len(self.invalid) + len(self.kept) + len(self.dropped)
+
+    def counts(self) -> dict[str, Any]:
+        """Counts shown in the loop markdown and kept in loops.jsonl."""
+        by_reason: dict[str, int] = {ROLE_ISOLATION: 0, "duplicate": 0}
+        for _, reason in self.dropped:
+            key = "duplicate" if reason.startswith(DUPLICATE_PREFIX) else reason
+            by_reason[key] = by_reason.get(key, 0) + 1
+        severity = {s: 0 for s in SEVERITIES}
+        for f in self.kept:
+            severity[f.severity] += 1
+        return {
+            "raw": self.raw_count,
+            "valid": len(self.kept) + len(self.dropped),
+            "invalid": len(self.invalid),
+            "dropped": by_reason,
+            "kept": len(self.kept),
+            "severity": severity,
+            "escalation_candidates": sum(f.requires_section9_escalation for f in self.kept),
+            "reviewers": len(self.reviewers),
+            "reviewers_failed": sum(r.status == "failed" for r in self.reviewers),
+            "extraction_failures": sum(
+                r.status == "ok" and r.findings_raw is None for r in self.reviewers
+            ),
+        }
+
+
+def normalise_claim(claim: str) -> str:
+    """Case-folded claim with runs of whitespace collapsed to one space, trimmed."""
+    return " ".join(claim.casefold().split())
+
+
+def rank_key(finding: Finding, theme: Theme, role_order: dict[str, int]) -> RankKey:
+    """Sort key, best first: severity, escalation flag set, theme lead role, role order, id."""
+    return (
+        SEVERITY_RANK[finding.severity],
+        0 if finding.requires_section9_escalation else 1,
+        0 if finding.role in theme.lead_roles else 1,
+        role_order.get(finding.role, len(role_order)),
+        finding.id,
+    )
+
+
+def in_scope(role: Role, path: str) -> bool:
+    """True if `role` may file findings on `path` (the exempt role may file anywhere)."""
+    return role.exempt_from_scope or any(match_glob(g, path) for g in role.scope)
+
+
+def dedupe(
+    findings: Sequence[Finding], key: Any
+) -> tuple[list[Finding], list[tuple[Finding, str]]]:
+    """Merge duplicates; return (survivors, [(dropped, "duplicate-of:<survivor id>")]).
+
+    Duplicates share `file_path`, the normalised claim (`normalise_claim`) and lines.
+    Line ranges are inclusive, so ranges overlap when they share at least one line:
+    touching ranges such as [1, 5] and [5, 9] (both hold line 5) are duplicates,
+    adjacent ranges such as [1, 5] and [6, 9] are not. Overlap chains: ranges linked
+    through overlapping neighbours ([1, 5], [5, 9], [9, 12]) form one group. The
+    group's survivor is the one ranked first by `key` (higher severity, then the
+    rank tie-breakers, ending with the id), so the choice is deterministic.
+
+    Findings are bucketed by (file, claim) and each bucket's ranges swept in start
+    order, so the cost is O(n log n) however many findings share a file.
+    """
+    buckets: dict[tuple[str, str], list[Finding]] = {}
+    for f in findings:
+        buckets.setdefault((f.file_path, normalise_claim(f.claim)), []).append(f)
+    survivors: list[Finding] = []
+    dropped: list[tuple[Finding, str]] = []
+    for bucket in buckets.values():
+        if len(bucket) == 1:
+            survivors.append(bucket[0])
+            continue
+        bucket.sort(key=lambda f: f.line_range)
+        group: list[Finding] = [bucket[0]]
+        group_end = bucket[0].line_range[1]
+        for f in bucket[1:]:
+            if f.line_range[0] <= group_end:
+                group.append(f)
+                group_end = max(group_end, f.line_range[1])
+            else:
+                _close_group(group, key, survivors, dropped)
+                group = [f]
+                group_end = f.line_range[1]
+        _close_group(group, key, survivors, dropped)
+    return survivors, dropped
+
+
+def _close_group(
+    group: list[Finding],
+    key: Any,
+    survivors: list[Finding],
+    dropped: list[tuple[Finding, str]],
+) -> None:
+    best = min(group, key=key)
+    survivors.append(best)
+    for f in group:
+        if f is not best:
+            dropped.append((f, DUPLICATE_PREFIX + best.id))
+
+
+def synthesize_loop(
+    results: Sequence[ReviewerResult],
+    *,
+    config: ReviewConfig,
+    loop: int,
+    snapshot_paths: Collection[str],
+    constitution_hash: str,
+    ledger: ClosureLedger,
+) -> LoopSynthesis:
+    """Judge one loop's reviewer results and record its closures into `ledger`.
+
+    Reviewers are processed in config role order whatever order `results` arrive
+    in, so "first" (for duplicate ids) is deterministic. Items past
+    `config.max_findings_per_reviewer` are invalid. Re-synthesising a loop replaces
+    that loop's ledger entries rather than adding to them.
+
+    Raises ValueError if a result belongs to another loop or to a role not in
+    `config` (a harness bug, not model output).
+    """
+    theme = config.theme_for(loop)
+    role_order = config.role_order
+    for r in results:
+        if r.loop != loop:
+            raise ValueError(
+                f"results: reviewer {r.role!r} result is for loop {r.loop}, not {loop}"
+            )
+        if r.role not in role_order:
+            raise ValueError(f"results: reviewer role {r.role!r} is not in the config's roles")
+    reviewers = sorted(results, key=lambda r: role_order[r.role])
+    paths = (
+        snapshot_paths if isinstance(snapshot_paths, frozenset | set) else frozenset(snapshot_paths)
+    )
+    cap = config.max_findings_per_reviewer
+
+    invalid: list[tuple[object, str]] = []
+    origin: list[tuple[str, int]] = []
+    valid: list[Finding] = []
+    seen_ids: set[str] = set()
+    for r in reviewers:
+        raw_items = r.findings_raw
+        if raw_items is None:
+            continue
+        if not isinstance(raw_items, list):
+            invalid.append(
+                (raw_items, f"findings_raw: must be a JSON array, got {type(raw_items).__name__}")
+            )
+            origin.append((r.role, -1))
+            continue
+        for i, item in enumerate(raw_items):
+            try:
+                if cap > 0 and i >= cap:
+                    raise InvalidFinding(
+                        f"exceeds max_findings_per_reviewer ({cap}): "
+                        f"item {i + 1} of {len(raw_items)}"
+                    )
+                f = validate_finding(
+                    item,
+                    role=r.role,
+                    loop=loop,
+                    theme=theme.slug,
+                    snapshot_paths=paths,
+                    constitution_hash=constitution_hash,
+                )
+                if f.id in seen_ids:
+                    raise InvalidFinding(f"id: duplicate id {f.id!r} in loop {loop}")
+            except InvalidFinding as exc:
+                invalid.append((item, exc.reason))
+                origin.append((r.role, i))
+                continue
+            seen_ids.add(f.id)
+            valid.append(f)
+
+    dropped: list[tuple[Finding, str]] = []
+    scoped: list[Finding] = []
+    roles = {role.prefix: role for role in config.roles}
+    scope_cache: dict[tuple[str, str], bool] = {}
+    for f in valid:
+        ck = (f.role, f.file_path)
+        ok = scope_cache.get(ck)
+        if ok is None:
+            ok = scope_cache[ck] = in_scope(roles[f.role], f.file_path)
+        if ok:
+            scoped.append(f)
+        else:
+            dropped.append((f, ROLE_ISOLATION))
+
+    def key(f: Finding) -> RankKey:
+        return rank_key(f, theme, role_order)
+
+    survivors, duplicates = dedupe(scoped, key)
+    kept = sorted(survivors, key=key)
+    duplicates.sort(key=lambda d: d[0].id)
+    dropped.extend(duplicates)
+
+    ledger.begin_loop(loop)
+    ledger.register(
+        loop,
+        [f.id for f in kept],
+        {d.id: reason.removeprefix(DUPLICATE_PREFIX) for d, reason in duplicates},
+    )
+    closures: list[tuple[str, str]] = []
+    status: list[str] = []
+    for f in sorted(scoped, key=lambda f: f.id):
+        if f.closes is not None:
+            entry = ledger.record(f.id, f.closes, loop)
+            closures.append((f.id, f.closes))
+            status.append(entry.status)
+
+    synthesis = LoopSynthesis(
+        loop=loop,
+        theme=theme,
+        kept=kept,
+        invalid=invalid,
+        dropped=dropped,
+        reviewers=list(reviewers),
+        closures=closures,
+        invalid_origin=origin,
+        closure_status=status,
+    )
+    synthesis.markdown = render_loop(synthesis, config)
+    return synthesis

@@ -18,26 +18,55 @@ new segment) and copies the hot-tier columns; outside the lock it calls
 ``wal.drop_through(<number>)``. Recovery reads the snapshot and replays only
 segments newer than the one it covers.
 
-Framing of one WAL record: ``u32 length | u32 crc32 | u8 kind | body``. A torn or
-CRC-failing *final* record of the *last* segment is skipped with a warning (the
-process died mid-write, so it was never acknowledged); damage anywhere else
-raises ``SnapshotCorruptError``-style ``WalCorruptError`` naming the file.
+Framing of one WAL record: ``u32 length | u32 crc32 | u8 kind | body``, little
+endian; ``length`` counts ``kind`` and ``body``; the CRC covers the length field,
+``kind`` and ``body``. A torn or CRC-failing *final* record of the *last* segment is
+skipped with a warning (the process died mid-write, so it was never acknowledged)
+and cut off the file, so later appends never sit behind garbage; damage anywhere
+else raises ``WalCorruptError`` naming the file and offset.
+
+Snapshot file: ``magic | u32 version | u32 header length | JSON header | columns
+(64-byte aligned raw numpy buffers) | u32 crc32 | end magic``; the CRC covers every
+byte before it. Strings (payloads, USD links) are stored as one UTF-8 blob plus a
+per-row length column counted in code points, so reading decodes the blob once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import struct
+import threading
+import warnings
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import numpy as np
 
-from moneta.errors import MonetaError
+from moneta.errors import MonetaError, MonetaResourceLockedError, SnapshotCorruptError
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE_NAME = ".moneta.lock"
+WAL_DIR_NAME = "wal"
+SNAPSHOT_FILE_NAME = "snapshot.bin"
 
 
 class WalCorruptError(MonetaError):
     """A WAL segment is damaged somewhere other than its torn tail; names the file."""
+
+
+class WalTornTailWarning(UserWarning):
+    """Recovery dropped an unacknowledged, partially written final WAL record."""
 
 
 # --- records -----------------------------------------------------------------
@@ -112,61 +141,769 @@ class HotImage:
     meta: dict  # JSON-serialisable: embedding_dim, half_life_seconds, ...
 
 
+def uuids_to_array(ids: Sequence[UUID]) -> np.ndarray:
+    """Pack UUIDs into the ``(n, 16) uint8`` layout of ``HotImage.entity_ids``."""
+    raw = b"".join(u.bytes for u in ids)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(ids), 16).copy()
+
+
+def array_to_uuids(arr: np.ndarray) -> list[UUID]:
+    """Inverse of ``uuids_to_array``."""
+    raw = np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    return [UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
+
+
+# --- strings as one blob -----------------------------------------------------
+
+# Lone surrogates are legal in a Python str; "surrogatepass" keeps them lossless.
+_UTF8_ERRORS = "surrogatepass"
+
+
+def _pack_strings(values: Sequence[str | None]) -> tuple[np.ndarray, bytes]:
+    """Lengths in code points (-1 for None) and the UTF-8 blob of all values."""
+    lengths = np.fromiter(
+        (-1 if v is None else len(v) for v in values), dtype=np.int64, count=len(values)
+    )
+    blob = "".join(v for v in values if v is not None).encode("utf-8", _UTF8_ERRORS)
+    return lengths, blob
+
+
+def _unpack_strings(lengths: np.ndarray, blob: bytes | memoryview) -> list[str | None]:
+    """Decode the blob once and slice it by code-point offsets."""
+    text = str(blob, "utf-8", _UTF8_ERRORS)
+    clipped = np.maximum(lengths, 0)
+    ends = np.cumsum(clipped)
+    if (int(ends[-1]) if len(ends) else 0) != len(text):
+        raise ValueError("string lengths do not match the blob")
+    starts = (ends - clipped).tolist()
+    return [
+        None if n < 0 else text[s : s + n] for s, n in zip(starts, lengths.tolist(), strict=True)
+    ]
+
+
 # --- store lock --------------------------------------------------------------
 
 
 class StoreLock:
     """Exclusive ``flock`` on ``<dir>/.moneta.lock``; the kernel drops it when the
-    process dies, so a crashed process never leaves a stale lock."""
+    process dies, so a crashed process never leaves a stale lock.
+
+    flock belongs to the open file description, so a second ``StoreLock`` on the
+    same directory in the *same* process is refused too. The holder's pid is written
+    into the file only to make the refusal message useful.
+    """
 
     def __init__(self, directory: Path) -> None:
-        raise NotImplementedError
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_FILE_NAME
+        self._fd: int | None = None
+        self._guard = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def acquire(self) -> None:
-        """Take the lock without blocking; raise MonetaResourceLockedError if held."""
-        raise NotImplementedError
+        """Take the lock without blocking; raise MonetaResourceLockedError if held.
+
+        Calling it again on the instance that holds the lock is a no-op.
+        """
+        with self._guard:
+            if self._fd is not None:
+                return
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_small(fd)
+                os.close(fd)
+                raise MonetaResourceLockedError(
+                    f"store directory {self.directory} is already open by another handle "
+                    f"or process (lock file {self.path}, holder pid {holder or 'unknown'})"
+                ) from None
+            except OSError:
+                os.close(fd)
+                raise
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._fd = fd
 
     def release(self) -> None:
         """Idempotent."""
-        raise NotImplementedError
+        with self._guard:
+            fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> StoreLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_small(fd: int) -> str:
+    try:
+        return os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+# --- WAL record codec --------------------------------------------------------
+
+_FRAME_HEAD = struct.Struct("<II")  # length, crc32
+_LEN = struct.Struct("<I")
+_DEPOSIT = struct.Struct("<16sddII")  # id, protected_floor, created_at, payload bytes, dim
+_ATTENTION = struct.Struct("<dI")  # at, n
+_COUNT = struct.Struct("<I")
+_DELETE = struct.Struct("<IH")  # n, reason bytes
+_MAX_RECORD = 1 << 31  # sanity bound for a length field; real records are far smaller
+
+KIND_DEPOSIT = 1
+KIND_ATTENTION = 2
+KIND_ROWS_UPDATE = 3
+KIND_DELETE = 4
+KIND_UNPIN = 5
+
+
+class _DecodeError(ValueError):
+    """A CRC-valid record whose body does not parse."""
+
+
+def _ids_bytes(ids: Sequence[UUID]) -> bytes:
+    return b"".join(u.bytes for u in ids)
+
+
+def _ids_from(raw: bytes) -> list[UUID]:
+    return [UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
+
+
+def _column(values: Any, dtype: type, n: int, name: str) -> np.ndarray:
+    arr = np.ascontiguousarray(values, dtype=dtype)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+    return arr
+
+
+def _encode_deposit(r: DepositRecord) -> list[Any]:
+    vec = r.vector
+    if not (
+        isinstance(vec, np.ndarray)
+        and vec.dtype == np.float32
+        and vec.ndim == 1
+        and vec.flags.c_contiguous
+    ):
+        vec = np.ascontiguousarray(vec, dtype=np.float32).reshape(-1)
+    payload = r.payload.encode("utf-8", _UTF8_ERRORS)
+    head = _DEPOSIT.pack(
+        r.entity_id.bytes, r.protected_floor, r.created_at, len(payload), vec.shape[0]
+    )
+    return [head, payload, vec.data]
+
+
+def _decode_deposit(body: memoryview) -> DepositRecord:
+    raw_id, floor, created, plen, dim = _DEPOSIT.unpack_from(body, 0)
+    p = _DEPOSIT.size
+    _expect_size(body, p + plen + 4 * dim)
+    payload = str(body[p : p + plen], "utf-8", _UTF8_ERRORS)
+    vector = np.frombuffer(body, dtype=np.float32, count=dim, offset=p + plen).copy()
+    return DepositRecord(UUID(bytes=raw_id), payload, vector, floor, created)
+
+
+def _encode_attention(r: AttentionRecord) -> list[Any]:
+    n = len(r.entity_ids)
+    weights = _column(r.weights, np.float64, n, "AttentionRecord.weights")
+    return [_ATTENTION.pack(r.at, n), _ids_bytes(r.entity_ids), weights.data]
+
+
+def _decode_attention(body: memoryview) -> AttentionRecord:
+    at, n = _ATTENTION.unpack_from(body, 0)
+    p = _ATTENTION.size
+    _expect_size(body, p + 24 * n)
+    ids = _ids_from(bytes(body[p : p + 16 * n]))
+    weights = np.frombuffer(body, dtype=np.float64, count=n, offset=p + 16 * n).copy()
+    return AttentionRecord(ids, weights, at)
+
+
+def _encode_rows_update(r: RowsUpdateRecord) -> list[Any]:
+    n = len(r.entity_ids)
+    if len(r.usd_links) != n:
+        raise ValueError(f"RowsUpdateRecord.usd_links must have {n} items, got {len(r.usd_links)}")
+    lengths, blob = _pack_strings(r.usd_links)
+    return [
+        _COUNT.pack(n),
+        _ids_bytes(r.entity_ids),
+        _column(r.utility, np.float64, n, "RowsUpdateRecord.utility").data,
+        _column(r.attended_count, np.int64, n, "RowsUpdateRecord.attended_count").data,
+        _column(r.last_evaluated, np.float64, n, "RowsUpdateRecord.last_evaluated").data,
+        _column(r.state, np.int8, n, "RowsUpdateRecord.state").data,
+        lengths.data,
+        blob,
+    ]
+
+
+def _decode_rows_update(body: memoryview) -> RowsUpdateRecord:
+    (n,) = _COUNT.unpack_from(body, 0)
+    p = _COUNT.size
+    fixed = p + n * (16 + 8 + 8 + 8 + 1 + 8)
+    if len(body) < fixed:
+        raise _DecodeError(f"rows-update body of {len(body)} bytes is shorter than {fixed}")
+    ids = _ids_from(bytes(body[p : p + 16 * n]))
+    p += 16 * n
+    cols = []
+    for dtype in (np.float64, np.int64, np.float64, np.int8, np.int64):
+        arr = np.frombuffer(body, dtype=dtype, count=n, offset=p).copy()
+        cols.append(arr)
+        p += arr.nbytes
+    utility, attended, last_eval, state, lengths = cols
+    links = _unpack_strings(lengths, body[p:])
+    return RowsUpdateRecord(ids, utility, attended, last_eval, state, links)
+
+
+def _encode_delete(r: DeleteRecord) -> list[Any]:
+    reason = r.reason.encode("utf-8", _UTF8_ERRORS)
+    return [_DELETE.pack(len(r.entity_ids), len(reason)), reason, _ids_bytes(r.entity_ids)]
+
+
+def _decode_delete(body: memoryview) -> DeleteRecord:
+    n, rlen = _DELETE.unpack_from(body, 0)
+    p = _DELETE.size
+    _expect_size(body, p + rlen + 16 * n)
+    reason = str(body[p : p + rlen], "utf-8", _UTF8_ERRORS)
+    return DeleteRecord(_ids_from(bytes(body[p + rlen :])), reason)
+
+
+def _encode_unpin(r: UnpinRecord) -> list[Any]:
+    return [r.entity_id.bytes]
+
+
+def _decode_unpin(body: memoryview) -> UnpinRecord:
+    _expect_size(body, 16)
+    return UnpinRecord(UUID(bytes=bytes(body)))
+
+
+def _expect_size(body: memoryview, size: int) -> None:
+    if len(body) != size:
+        raise _DecodeError(f"record body is {len(body)} bytes, its fields need {size}")
+
+
+_ENCODERS: dict[type, tuple[int, Callable[[Any], list[Any]]]] = {
+    DepositRecord: (KIND_DEPOSIT, _encode_deposit),
+    AttentionRecord: (KIND_ATTENTION, _encode_attention),
+    RowsUpdateRecord: (KIND_ROWS_UPDATE, _encode_rows_update),
+    DeleteRecord: (KIND_DELETE, _encode_delete),
+    UnpinRecord: (KIND_UNPIN, _encode_unpin),
+}
+_DECODERS: dict[int, Callable[[memoryview], WalRecord]] = {
+    KIND_DEPOSIT: _decode_deposit,
+    KIND_ATTENTION: _decode_attention,
+    KIND_ROWS_UPDATE: _decode_rows_update,
+    KIND_DELETE: _decode_delete,
+    KIND_UNPIN: _decode_unpin,
+}
+_KIND_BYTES = {kind: bytes([kind]) for kind in _DECODERS}
+
+
+def encode_record(record: WalRecord) -> bytes:
+    """One complete frame (header + kind + body), ready for a single ``os.write``."""
+    try:
+        kind, encode = _ENCODERS[type(record)]
+    except KeyError:
+        raise TypeError(
+            f"record must be one of {[t.__name__ for t in _ENCODERS]}, got {type(record).__name__}"
+        ) from None
+    payload = b"".join([_KIND_BYTES[kind], *encode(record)])
+    length = _LEN.pack(len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(length))
+    return b"".join((length, _LEN.pack(crc), payload))
+
+
+def decode_record(frame_payload: memoryview) -> WalRecord:
+    """Decode ``kind | body`` (the CRC-checked part after the frame header)."""
+    decoder = _DECODERS.get(frame_payload[0])
+    if decoder is None:
+        raise _DecodeError(f"unknown record kind {frame_payload[0]}")
+    try:
+        return decoder(frame_payload[1:])
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise _DecodeError(str(exc)) from exc
+
+
+# --- segment scanning --------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Scan:
+    frames: list[tuple[int, int, int]]  # (offset of kind byte, payload length, frame offset)
+    valid_end: int  # bytes of complete, CRC-valid frames
+    damage: str | None  # why scanning stopped before the end of the data, if it did
+
+
+def _scan_frames(data: memoryview) -> _Scan:
+    """Walk frames until the end or the first invalid frame."""
+    frames: list[tuple[int, int, int]] = []
+    off, size = 0, len(data)
+    while off < size:
+        if size - off < _FRAME_HEAD.size:
+            return _Scan(frames, off, "incomplete frame header")
+        length, crc = _FRAME_HEAD.unpack_from(data, off)
+        start = off + _FRAME_HEAD.size
+        if length == 0 or length > _MAX_RECORD:
+            return _Scan(frames, off, f"invalid record length {length}")
+        if start + length > size:
+            return _Scan(frames, off, f"record of {length} bytes runs past the end of the file")
+        if zlib.crc32(data[start : start + length], zlib.crc32(data[off : off + 4])) != crc:
+            return _Scan(frames, off, "CRC mismatch")
+        frames.append((start, length, off))
+        off = start + length
+    return _Scan(frames, off, None)
+
+
+def _is_torn_tail(data: memoryview, scan: _Scan) -> bool:
+    """Is the damage confined to the last frame (or to zero fill after it)?
+
+    One append is one ``os.write`` under a lock, so a crash can tear at most the
+    final frame; power loss can additionally leave zero-filled blocks after it.
+    """
+    off = scan.valid_end
+    size = len(data)
+    if size - off < _FRAME_HEAD.size:
+        return True
+    length, _ = _FRAME_HEAD.unpack_from(data, off)
+    end = off + _FRAME_HEAD.size + length
+    if 0 < length <= _MAX_RECORD and end >= size:
+        return True
+    rest_from = end if 0 < length <= _MAX_RECORD else off + _FRAME_HEAD.size
+    return not any(data[rest_from:])
 
 
 # --- write-ahead log ---------------------------------------------------------
 
+_SEGMENT_RE = re.compile(r"^(\d{12})\.wal$")
+
 
 class WriteAheadLog:
-    """Segmented append-only log; thread-safe ``append``."""
+    """Segmented append-only log; thread-safe ``append``.
 
-    def __init__(self, directory: Path, *, fsync_interval_s: float = 1.0) -> None:
-        raise NotImplementedError
+    ``directory`` is the store directory (segments go to ``directory/wal``; a path
+    already named ``wal`` is used as-is). The active segment is created lazily by
+    the first ``append``/``rotate``, after the tail of the newest existing segment
+    has been checked (a torn final record there is cut off with a warning), so a
+    segment never continues behind garbage. ``start_after`` forces new segment
+    numbers above a snapshot's ``covers_segment`` even if every segment file is gone.
+    """
+
+    def __init__(
+        self, directory: Path, *, fsync_interval_s: float = 1.0, start_after: int = 0
+    ) -> None:
+        interval = float(fsync_interval_s)
+        if not math.isfinite(interval) or interval < 0:
+            raise ValueError(
+                f"fsync_interval_s must be a finite number >= 0, got {fsync_interval_s!r}"
+            )
+        if int(start_after) < 0:
+            raise ValueError(f"start_after must be >= 0, got {start_after!r}")
+        directory = Path(directory)
+        self.directory = directory if directory.name == WAL_DIR_NAME else directory / WAL_DIR_NAME
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.fsync_interval_s = interval
+        self._start_after = int(start_after)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._active: int | None = None
+        self._size = 0  # bytes in the active segment
+        self._dirty = False
+        self._closed = False
+        self._tail_checked = False
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+
+    # -- paths ------------------------------------------------------------
+
+    def segment_path(self, number: int) -> Path:
+        return self.directory / f"{number:012d}.wal"
+
+    def segments(self) -> list[int]:
+        """Numbers of the segment files on disk, ascending."""
+        found = []
+        for entry in os.scandir(self.directory):
+            match = _SEGMENT_RE.match(entry.name)
+            if match:
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    @property
+    def active_segment(self) -> int | None:
+        """Number of the segment appends go to, or None before the first append."""
+        return self._active
+
+    @property
+    def active_bytes(self) -> int:
+        """Bytes appended to the active segment (a hint for when to snapshot)."""
+        return self._size
+
+    # -- writing ----------------------------------------------------------
 
     def append(self, record: WalRecord) -> None:
         """Encode and write the record with a single ``os.write``."""
-        raise NotImplementedError
+        frame = encode_record(record)
+        with self._lock:
+            if self._fd is None:
+                self._open_active_locked()
+            fd = self._fd
+            assert fd is not None
+            written = os.write(fd, frame)
+            if written != len(frame):
+                self._finish_short_write_locked(fd, frame, written)
+            self._size += len(frame)
+            if self.fsync_interval_s == 0:
+                os.fsync(fd)
+            else:
+                self._dirty = True
+        if self._syncer is None and self.fsync_interval_s > 0:
+            self._start_syncer()
+
+    def _finish_short_write_locked(self, fd: int, frame: bytes, written: int) -> None:
+        """Complete a short write, or cut the partial frame off and raise."""
+        try:
+            view = memoryview(frame)
+            while written < len(frame):
+                n = os.write(fd, view[written:])
+                if n <= 0:
+                    raise OSError(f"write to {self.segment_path(self._active or 0)} stalled")
+                written += n
+        except OSError:
+            os.ftruncate(fd, self._size)
+            raise
 
     def rotate(self) -> int:
         """Close the current segment and open the next; return the closed segment's number."""
-        raise NotImplementedError
+        with self._lock:
+            if self._fd is None:
+                self._open_active_locked()
+            closed, fd = self._active, self._fd
+            assert closed is not None and fd is not None
+            os.fsync(fd)
+            os.close(fd)
+            self._fd = None
+            self._dirty = False
+            self._open_segment_locked(closed + 1)
+            return closed
 
-    def replay(self, after_segment: int) -> Iterator[WalRecord]:
-        """Yield records of segments numbered > ``after_segment`` in order."""
-        raise NotImplementedError
+    def sync(self) -> None:
+        """fsync the active segment now if anything was appended since the last fsync."""
+        with self._lock:
+            if self._fd is None or not self._dirty:
+                return
+            fd = os.dup(self._fd)
+            self._dirty = False
+        try:
+            os.fsync(fd)
+        except OSError:
+            with self._lock:
+                self._dirty = True
+            raise
+        finally:
+            os.close(fd)
 
     def drop_through(self, segment: int) -> None:
         """Delete segments numbered <= ``segment`` (they are covered by a snapshot)."""
-        raise NotImplementedError
+        with self._lock:
+            if self._active is not None and segment >= self._active:
+                raise ValueError(
+                    f"segment must be below the active segment {self._active}, got {segment}"
+                )
+            removed = 0
+            for number in self.segments():
+                if number <= segment:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.segment_path(number).unlink()
+                    removed += 1
+            # New segments must stay above everything a snapshot may cover.
+            self._start_after = max(self._start_after, segment)
+            if removed:
+                _fsync_dir(self.directory)
 
     def close(self) -> None:
         """fsync and close. Idempotent."""
-        raise NotImplementedError
+        self._stop.set()
+        syncer = self._syncer
+        if syncer is not None and syncer is not threading.current_thread():
+            syncer.join()
+        with self._lock:
+            self._closed = True
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def __enter__(self) -> WriteAheadLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open_active_locked(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"write-ahead log in {self.directory} is closed")
+        self._check_tail()
+        existing = self.segments()
+        last = max(existing[-1] if existing else 0, self._start_after)
+        self._open_segment_locked(last + 1)
+
+    def _open_segment_locked(self, number: int) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        self._fd = os.open(self.segment_path(number), flags, 0o644)
+        self._active = number
+        self._size = 0
+        _fsync_dir(self.directory)
+
+    def _start_syncer(self) -> None:
+        with self._lock:
+            if self._syncer is not None or self._closed:
+                return
+            self._syncer = threading.Thread(
+                target=self._sync_loop, name=f"moneta-wal-fsync[{self.directory}]", daemon=True
+            )
+            self._syncer.start()
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(self.fsync_interval_s):
+            try:
+                self.sync()
+            except Exception:
+                logger.exception("fsync of the write-ahead log in %s failed", self.directory)
+
+    # -- recovery ---------------------------------------------------------
+
+    def replay(self, after_segment: int) -> Iterator[WalRecord]:
+        """Yield records of segments numbered > ``after_segment`` in order.
+
+        Call it before appending. The tail check runs at the call (not at the first
+        ``next``): a torn final record of the newest segment is reported with
+        ``WalTornTailWarning`` and cut off the file.
+        """
+        with self._lock:
+            self._check_tail()
+            numbers = [n for n in self.segments() if n > after_segment]
+        return self._iter_segments(numbers)
+
+    def _iter_segments(self, numbers: list[int]) -> Iterator[WalRecord]:
+        for number in numbers:
+            path = self.segment_path(number)
+            data = memoryview(path.read_bytes())
+            scan = _scan_frames(data)
+            if scan.damage is not None:
+                raise WalCorruptError(
+                    f"write-ahead log segment {path} is corrupt at byte offset "
+                    f"{scan.valid_end}: {scan.damage}"
+                )
+            for start, length, frame_off in scan.frames:
+                try:
+                    yield decode_record(data[start : start + length])
+                except _DecodeError as exc:
+                    raise WalCorruptError(
+                        f"write-ahead log segment {path} has an undecodable record at byte "
+                        f"offset {frame_off}: {exc}"
+                    ) from exc
+
+    def _check_tail(self) -> None:
+        """Cut a torn final record off the newest segment (once per instance)."""
+        if self._tail_checked:
+            return
+        existing = [n for n in self.segments() if n != self._active]
+        if existing:
+            path = self.segment_path(existing[-1])
+            data = memoryview(path.read_bytes())
+            scan = _scan_frames(data)
+            if scan.damage is not None:
+                if not _is_torn_tail(data, scan):
+                    raise WalCorruptError(
+                        f"write-ahead log segment {path} is corrupt at byte offset "
+                        f"{scan.valid_end}: {scan.damage}, and data follows the damage"
+                    )
+                message = (
+                    f"write-ahead log segment {path}: dropped a torn final record at byte "
+                    f"offset {scan.valid_end} ({scan.damage}; {len(data) - scan.valid_end} "
+                    f"bytes, never acknowledged); {len(scan.frames)} earlier records intact"
+                )
+                logger.warning(message)
+                warnings.warn(message, WalTornTailWarning, stacklevel=3)
+                with open(path, "r+b") as f:
+                    f.truncate(scan.valid_end)
+                    f.flush()
+                    os.fsync(f.fileno())
+        self._tail_checked = True
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --- snapshots ---------------------------------------------------------------
 
+SNAPSHOT_MAGIC = b"MONETASN"
+SNAPSHOT_END = b"MNEND\x00\x00\x00"
+SNAPSHOT_VERSION = 1
+_SNAP_PREFIX = struct.Struct("<8sII")  # magic, version, header length
+_SNAP_TRAILER = struct.Struct("<I8s")  # crc32 of everything before, end magic
+_ALIGN = 64
+
+# name -> (dtype, trailing shape given dim); order is the file order.
+_SNAP_COLUMNS: dict[str, tuple[str, Callable[[int], tuple[int, ...]]]] = {
+    "entity_ids": ("uint8", lambda dim: (16,)),
+    "vectors": ("float32", lambda dim: (dim,)),
+    "utility": ("float64", lambda dim: ()),
+    "attended_count": ("int64", lambda dim: ()),
+    "protected_floor": ("float64", lambda dim: ()),
+    "last_evaluated": ("float64", lambda dim: ()),
+    "state": ("int8", lambda dim: ()),
+    "payload_lengths": ("int64", lambda dim: ()),
+    "usd_link_lengths": ("int64", lambda dim: ()),
+}
+_SNAP_BLOBS = ("payload_blob", "usd_link_blob")
+_snapshot_locks: dict[Path, threading.Lock] = {}
+_snapshot_locks_guard = threading.Lock()
+
+
+def _snapshot_lock(path: Path) -> threading.Lock:
+    key = path.resolve()
+    with _snapshot_locks_guard:
+        return _snapshot_locks.setdefault(key, threading.Lock())
+
+
+def _image_columns(image: HotImage) -> tuple[int, int, dict[str, np.ndarray | bytes]]:
+    """Validate the image and return (n, dim, buffers in file order)."""
+    vectors = np.ascontiguousarray(image.vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"HotImage.vectors must be 2-D (n, dim), got shape {vectors.shape}")
+    n, dim = vectors.shape
+    if len(image.payloads) != n or len(image.usd_links) != n:
+        raise ValueError(
+            f"HotImage.payloads and usd_links must have {n} items, "
+            f"got {len(image.payloads)} and {len(image.usd_links)}"
+        )
+    payload_lengths, payload_blob = _pack_strings(image.payloads)
+    if (payload_lengths < 0).any():
+        raise ValueError("HotImage.payloads must all be str, found None")
+    link_lengths, link_blob = _pack_strings(image.usd_links)
+    given = {
+        "entity_ids": image.entity_ids,
+        "vectors": vectors,
+        "utility": image.utility,
+        "attended_count": image.attended_count,
+        "protected_floor": image.protected_floor,
+        "last_evaluated": image.last_evaluated,
+        "state": image.state,
+        "payload_lengths": payload_lengths,
+        "usd_link_lengths": link_lengths,
+    }
+    buffers: dict[str, np.ndarray | bytes] = {}
+    for name, (dtype, tail) in _SNAP_COLUMNS.items():
+        arr = np.ascontiguousarray(given[name], dtype=dtype)
+        if arr.shape != (n, *tail(dim)):
+            raise ValueError(f"HotImage.{name} must have shape {(n, *tail(dim))}, got {arr.shape}")
+        buffers[name] = arr
+    buffers["payload_blob"] = payload_blob
+    buffers["usd_link_blob"] = link_blob
+    return n, dim, buffers
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // _ALIGN) * _ALIGN
+
 
 def write_snapshot(path: Path, image: HotImage, *, covers_segment: int) -> None:
     """Atomically replace ``path``: write a temp file, fsync it, rename, fsync the dir."""
-    raise NotImplementedError
+    path = Path(path)
+    n, dim, buffers = _image_columns(image)
+    try:
+        meta_json = json.loads(json.dumps(image.meta, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"HotImage.meta must be JSON-serialisable: {exc}") from exc
+
+    # Column offsets depend on the header length, which contains them: fix the
+    # header size first with placeholder offsets of the final width.
+    def header_bytes(offsets: dict[str, int]) -> bytes:
+        return json.dumps(
+            {
+                "covers_segment": int(covers_segment),
+                "n": n,
+                "dim": dim,
+                "meta": meta_json,
+                "columns": {
+                    name: {"offset": offsets[name], "nbytes": len(_byte_view(buf))}
+                    for name, buf in buffers.items()
+                },
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    placeholder = dict.fromkeys(buffers, 10**15)
+    body_start = _aligned(_SNAP_PREFIX.size + len(header_bytes(placeholder)))
+    offsets: dict[str, int] = {}
+    cursor = body_start
+    for name, buf in buffers.items():
+        offsets[name] = cursor
+        cursor = _aligned(cursor + len(_byte_view(buf)))
+    header = header_bytes(offsets).ljust(body_start - _SNAP_PREFIX.size, b" ")
+
+    tmp = path.with_name(path.name + ".tmp")
+    with _snapshot_lock(path):
+        renamed = False
+        try:
+            with open(tmp, "wb", buffering=0) as f:
+                crc = _write_crc(
+                    f, _SNAP_PREFIX.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(header))
+                )
+                crc = _write_crc(f, header, crc)
+                written = body_start
+                for name, buf in buffers.items():
+                    crc = _write_crc(f, bytes(offsets[name] - written), crc)
+                    view = _byte_view(buf)
+                    crc = _write_crc(f, view, crc)
+                    written = offsets[name] + len(view)
+                crc = _write_crc(f, bytes(cursor - written), crc)
+                _write_all(f, _SNAP_TRAILER.pack(crc, SNAPSHOT_END))
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            renamed = True
+        finally:
+            if not renamed:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        _fsync_dir(path.parent)
+
+
+def _byte_view(buf: np.ndarray | bytes) -> memoryview:
+    """Flat byte view without copying (``memoryview.cast`` rejects zero-size shapes)."""
+    if isinstance(buf, np.ndarray):
+        return memoryview(buf.reshape(-1).view(np.uint8))
+    return memoryview(buf)
+
+
+def _write_crc(f: Any, data: bytes | memoryview, crc: int = 0) -> int:
+    _write_all(f, data)
+    return zlib.crc32(data, crc)
+
+
+def _write_all(f: Any, data: bytes | memoryview) -> None:
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    while view:
+        n = f.write(view)
+        view = view[n:]
 
 
 def read_snapshot(path: Path) -> tuple[HotImage, int] | None:
@@ -174,5 +911,82 @@ def read_snapshot(path: Path) -> tuple[HotImage, int] | None:
 
     Raises ``moneta.errors.SnapshotCorruptError`` naming the file on any damage
     (bad magic, length, checksum); never returns an empty image for a damaged file.
+    The numeric columns of the image are aligned views into one read buffer.
     """
-    raise NotImplementedError
+    path = Path(path)
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed right below
+    except FileNotFoundError:
+        return None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        buf = np.empty(size, dtype=np.uint8)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    if got != size:
+        raise SnapshotCorruptError(f"snapshot {path} shrank while being read")
+    try:
+        return _parse_snapshot(buf, view)
+    except SnapshotCorruptError as exc:
+        raise SnapshotCorruptError(f"snapshot {path} is corrupt: {exc}") from None
+    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+        raise SnapshotCorruptError(f"snapshot {path} is corrupt: {exc}") from exc
+
+
+def _parse_snapshot(buf: np.ndarray, view: memoryview) -> tuple[HotImage, int]:
+    size = len(buf)
+    if size < _SNAP_PREFIX.size + _SNAP_TRAILER.size:
+        raise SnapshotCorruptError(f"file is {size} bytes, too short for a snapshot")
+    magic, version, header_len = _SNAP_PREFIX.unpack_from(view, 0)
+    if magic != SNAPSHOT_MAGIC:
+        raise SnapshotCorruptError(f"bad magic {magic!r}")
+    if version != SNAPSHOT_VERSION:
+        raise SnapshotCorruptError(f"unsupported version {version}")
+    crc, end = _SNAP_TRAILER.unpack_from(view, size - _SNAP_TRAILER.size)
+    if end != SNAPSHOT_END:
+        raise SnapshotCorruptError("missing end marker (truncated?)")
+    if zlib.crc32(view[: size - _SNAP_TRAILER.size]) != crc:
+        raise SnapshotCorruptError("checksum mismatch")
+    header = json.loads(bytes(view[_SNAP_PREFIX.size : _SNAP_PREFIX.size + header_len]))
+    n, dim = int(header["n"]), int(header["dim"])
+    specs = header["columns"]
+    data_end = size - _SNAP_TRAILER.size
+
+    def region(name: str) -> tuple[int, int]:
+        off, nbytes = int(specs[name]["offset"]), int(specs[name]["nbytes"])
+        if off < 0 or nbytes < 0 or off + nbytes > data_end:
+            raise SnapshotCorruptError(f"column {name} lies outside the file")
+        return off, nbytes
+
+    cols: dict[str, np.ndarray] = {}
+    for name, (dtype, tail) in _SNAP_COLUMNS.items():
+        off, nbytes = region(name)
+        shape = (n, *tail(dim))
+        expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if nbytes != expected:
+            raise SnapshotCorruptError(f"column {name} has {nbytes} bytes, expected {expected}")
+        cols[name] = buf[off : off + nbytes].view(dtype).reshape(shape)
+    blobs = {}
+    for name in _SNAP_BLOBS:
+        off, nbytes = region(name)
+        blobs[name] = view[off : off + nbytes]
+    payloads = _unpack_strings(cols["payload_lengths"], blobs["payload_blob"])
+    links = _unpack_strings(cols["usd_link_lengths"], blobs["usd_link_blob"])
+    image = HotImage(
+        entity_ids=cols["entity_ids"],
+        vectors=cols["vectors"],
+        utility=cols["utility"],
+        attended_count=cols["attended_count"],
+        protected_floor=cols["protected_floor"],
+        last_evaluated=cols["last_evaluated"],
+        state=cols["state"],
+        payloads=payloads,  # type: ignore[arg-type]  # lengths >= 0: no None
+        usd_links=links,
+        meta=header["meta"],
+    )
+    return image, int(header["covers_segment"])

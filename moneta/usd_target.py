@@ -1,0 +1,674 @@
+"""The OpenUSD cold tier: an ``AuthoringTarget`` that authors typed ``MonetaMemory`` prims.
+
+One directory holds a root layer (``cortex.usda``) whose sublayer stack is the
+protected layer (strongest) and the rolling daily layers, newest first; see
+``moneta.usd_layers`` for the names. Every memory lives in exactly one daily layer;
+re-authoring it overwrites its prim in that layer. Pinned memories additionally
+carry an opinion in ``cortex_protected.usda``, which composes over the daily one.
+
+Concurrency: writers (``author``, ``author_protected``, ``unpin``, ``forget``) run one
+at a time. Each makes all of its edits with the Sdf API inside one
+``Sdf.ChangeBlock`` while holding the reader lock, and releases the lock before
+``Save()``, so readers (``reading``, ``read``, ``count``, ``layer_stack``) wait only for
+the in-memory edit, never for disk I/O. A reader holding the lock never sees a
+half-written prim: the block's edits are composed when it closes, still under
+the lock.
+
+Durability: a write succeeds only when every dirty layer's ``Save()`` returned
+True. ``False`` and an exception both become ``AuthoringError`` naming the saved,
+failed and pending layers; the in-memory edits stay, and the next write saves
+them again (the handle re-authors the same batch, which is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+from uuid import UUID
+
+from pxr import Sdf, Tf, Usd
+
+from moneta.errors import AuthoringError, MonetaError
+from moneta.types import EntityState, Memory
+from moneta.usd_layers import (
+    PROTECTED_LAYER,
+    ROOT_LAYER,
+    DailyLayer,
+    parse_prim_name,
+    prim_link,
+    prim_name,
+    stack_order,
+)
+from moneta.usd_schema import (
+    MEMORY_ATTRIBUTES,
+    MEMORY_FALLBACKS,
+    MEMORY_TYPE_NAME,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PRIMS_PER_LAYER = 50_000
+_INT32_MAX = 2**31 - 1
+_USDA = Sdf.FileFormat.FindByExtension("usda")
+
+LayerSaver = Callable[[Sdf.Layer], bool]
+"""Saves one layer and reports success; the default calls ``layer.Save()``."""
+
+
+class ColdLayerError(MonetaError):
+    """A cold-tier layer file cannot be opened or created; the message names it."""
+
+
+class ColdTierClosedError(MonetaError):
+    """The cold tier was used after ``close()``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColdRecord:
+    """A memory as composed from the cold tier (protected opinions win)."""
+
+    entity_id: UUID
+    payload: str
+    utility: float
+    attended_count: int
+    protected_floor: float
+    last_evaluated: float
+    prior_state: str
+    usd_link: str
+    layer: str  # file name of the strongest layer with an opinion on the prim
+    protected: bool
+
+    def to_memory(self, semantic_vector: Sequence[float] = ()) -> Memory:
+        """The agent-facing copy: state CONSOLIDATED, linked to its prim."""
+        return Memory(
+            entity_id=self.entity_id,
+            payload=self.payload,
+            semantic_vector=tuple(float(x) for x in semantic_vector),
+            utility=self.utility,
+            attended_count=self.attended_count,
+            protected_floor=self.protected_floor,
+            last_evaluated=self.last_evaluated,
+            state=EntityState.CONSOLIDATED,
+            usd_link=self.usd_link,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    """One layer of the sublayer stack and how many root prims it holds."""
+
+    name: str
+    prims: int
+
+
+@dataclass(frozen=True, slots=True)
+class _PrimValues:
+    """Validated attribute values of one prim, keyed like ``MEMORY_ATTRIBUTES``."""
+
+    entity_id: UUID
+    values: dict[str, object]
+
+
+def _save(layer: Sdf.Layer) -> bool:
+    return bool(layer.Save())
+
+
+class UsdTarget:
+    """The cold tier in a directory of USD layers (see the module docstring).
+
+    ``max_prims_per_layer`` is the rotation cap of a daily layer. ``save_layer``
+    replaces ``Sdf.Layer.Save`` for every layer save (a seam for fault injection
+    and for measuring lock policies); it must return True only if the layer is on
+    disk.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_prims_per_layer: int = DEFAULT_MAX_PRIMS_PER_LAYER,
+        save_layer: LayerSaver | None = None,
+    ) -> None:
+        if (
+            isinstance(max_prims_per_layer, bool)
+            or not isinstance(max_prims_per_layer, Integral)
+            or max_prims_per_layer < 1
+        ):
+            raise ValueError(
+                f"max_prims_per_layer must be an int >= 1, got {max_prims_per_layer!r}"
+            )
+        self._dir = Path(directory)
+        self._cap = int(max_prims_per_layer)
+        self._save_layer: LayerSaver = save_layer or _save
+        self._lock = threading.Lock()  # readers and the ChangeBlock only
+        self._write_mutex = threading.Lock()  # one writer at a time, through Save()
+        self._stage: Usd.Stage | None = None
+        self._closed = False
+        self._root: Sdf.Layer
+        self._protected: Sdf.Layer
+        self._daily: dict[DailyLayer, Sdf.Layer] = {}
+        self._home: dict[UUID, DailyLayer] = {}
+        self._protected_ids: set[UUID] = set()
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ColdLayerError(f"cannot create cold-tier directory {self._dir}: {exc}") from exc
+        with self._write_mutex:
+            self._load()
+            self._save_dirty("open")
+
+    # --- properties -----------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    @property
+    def root_layer_path(self) -> Path:
+        """Open this with ``Usd.Stage.Open`` to see the composed cold tier."""
+        return self._dir / ROOT_LAYER
+
+    @property
+    def max_prims_per_layer(self) -> int:
+        return self._cap
+
+    # --- AuthoringTarget ------------------------------------------------------
+
+    def author(
+        self, batch: Sequence[Memory], *, batch_id: str, authored_at: float
+    ) -> dict[UUID, str]:
+        """Author `batch` into the daily layers and save; return each entity's prim path.
+
+        A memory already in the cold tier is overwritten in the layer that holds it;
+        a new one goes to the newest layer of the UTC day of `authored_at`, rotating
+        to a continuation layer when that one holds `max_prims_per_layer` prims.
+        """
+        records = _validated_batch(batch, "batch")
+        _check_batch_id(batch_id)
+        _check_finite(authored_at, "authored_at")
+        with self._write_mutex:
+            self._check_open()
+            placement, new_layers = self._plan(records, float(authored_at))
+
+            def edit() -> None:
+                touched = self._adopt(new_layers) | set(placement.values())
+                for record in records:
+                    day = placement[record.entity_id]
+                    _write_prim(self._daily[day], record)
+                    self._home[record.entity_id] = day
+                for day in touched:
+                    _stamp(self._daily[day], batch_id, float(authored_at))
+
+            self._edit(edit, "author", sorted({d.filename for d in placement.values()}))
+            self._save_dirty("author")
+        return {record.entity_id: prim_link(record.entity_id) for record in records}
+
+    def forget(self, entity_ids: Iterable[UUID]) -> None:
+        """Remove the entities' prims from every layer (protected included) and save."""
+        ids = _validated_ids(entity_ids, "entity_ids")
+        with self._write_mutex:
+            self._check_open()
+
+            def edit() -> None:
+                layers = [self._protected, *self._daily.values()]
+                for entity_id in ids:
+                    name = prim_name(entity_id)
+                    for layer in layers:
+                        if layer.rootPrims.get(name) is not None:
+                            del layer.rootPrims[name]
+                    self._home.pop(entity_id, None)
+                    self._protected_ids.discard(entity_id)
+
+            self._edit(edit, "forget", [PROTECTED_LAYER, *(d.filename for d in self._daily)])
+            self._save_dirty("forget")
+
+    def close(self) -> None:
+        """Release the layers and the reader stage. Idempotent."""
+        with self._write_mutex, self._lock:
+            self._closed = True
+            self._stage = None
+            self._daily = {}
+            self._home = {}
+            self._protected_ids = set()
+
+    def __enter__(self) -> UsdTarget:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- operator paths -------------------------------------------------------
+
+    def author_protected(
+        self, batch: Sequence[Memory], *, batch_id: str, authored_at: float
+    ) -> dict[UUID, str]:
+        """Author pinned memories into ``cortex_protected.usda`` and save.
+
+        The protected layer is strongest, so its values win over any opinion the
+        same prim has in a daily layer.
+        """
+        records = _validated_batch(batch, "batch")
+        _check_batch_id(batch_id)
+        _check_finite(authored_at, "authored_at")
+        with self._write_mutex:
+            self._check_open()
+
+            def edit() -> None:
+                for record in records:
+                    _write_prim(self._protected, record)
+                    self._protected_ids.add(record.entity_id)
+                _stamp(self._protected, batch_id, float(authored_at))
+
+            self._edit(edit, "author_protected", [PROTECTED_LAYER])
+            self._save_dirty("author_protected")
+        return {record.entity_id: prim_link(record.entity_id) for record in records}
+
+    def unpin(self, entity_ids: Iterable[UUID], *, authored_at: float) -> dict[UUID, str]:
+        """Move pinned memories out of the protected layer with ``protectedFloor = 0``.
+
+        The composed values (protected over daily) are written to the daily layer
+        that holds the memory, or to the current daily layer of `authored_at`, and
+        the protected opinion is removed. Ids that are not pinned are skipped.
+        Returns the prim path of each unpinned memory.
+        """
+        ids = _validated_ids(entity_ids, "entity_ids")
+        _check_finite(authored_at, "authored_at")
+        with self._write_mutex:
+            self._check_open()
+            with self._lock:
+                composed = [self._compose(i) for i in ids if i in self._protected_ids]
+            records = [
+                _PrimValues(rec.entity_id, {**_values_of(rec), "protectedFloor": 0.0})
+                for rec in composed
+                if rec is not None
+            ]
+            if not records:
+                return {}
+            placement, new_layers = self._plan(records, float(authored_at))
+
+            def edit() -> None:
+                self._adopt(new_layers)
+                for record in records:
+                    day = placement[record.entity_id]
+                    _write_prim(self._daily[day], record)
+                    self._home[record.entity_id] = day
+                    del self._protected.rootPrims[prim_name(record.entity_id)]
+                    self._protected_ids.discard(record.entity_id)
+
+            layers = [PROTECTED_LAYER, *sorted({d.filename for d in placement.values()})]
+            self._edit(edit, "unpin", layers)
+            self._save_dirty("unpin")
+        return {record.entity_id: prim_link(record.entity_id) for record in records}
+
+    # --- readers --------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[Usd.Stage]:
+        """Hold the reader lock and yield a stage composed on the root layer.
+
+        No batch is applied while the block runs, so a traversal sees whole prims
+        only. Keep the block short: writers wait for it.
+        """
+        with self._lock:
+            self._check_open()
+            if self._stage is None:
+                self._stage = Usd.Stage.Open(self._root)
+            yield self._stage
+
+    def read(self, entity_ids: Iterable[UUID]) -> dict[UUID, ColdRecord]:
+        """Composed records of the entities found in the cold tier (others are absent)."""
+        ids = _validated_ids(entity_ids, "entity_ids")
+        with self._lock:
+            self._check_open()
+            found = {i: self._compose(i) for i in ids}
+        return {i: rec for i, rec in found.items() if rec is not None}
+
+    def count(self) -> int:
+        """Number of distinct memories in the cold tier."""
+        with self._lock:
+            self._check_open()
+            return len(self._home.keys() | self._protected_ids)
+
+    def layer_stack(self) -> list[LayerInfo]:
+        """The sublayer stack, strongest first, with each layer's root prim count."""
+        with self._lock:
+            self._check_open()
+            infos = [LayerInfo(PROTECTED_LAYER, len(self._protected.rootPrims))]
+            for day in sorted(self._daily, reverse=True):
+                infos.append(LayerInfo(day.filename, len(self._daily[day].rootPrims)))
+            return infos
+
+    # --- internals ------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ColdTierClosedError(f"cold tier at {self._dir} is closed")
+
+    def _load(self) -> None:
+        """Open (or create) every layer and index where each memory lives.
+
+        Counts and locations come from the layers themselves. A daily file on disk
+        that the root layer does not list (a write interrupted before the root was
+        saved) joins the stack; a listed file that is missing leaves it.
+        """
+        root = _open_layer(self._dir / ROOT_LAYER)
+        protected = _open_layer(self._dir / PROTECTED_LAYER)
+        days: set[DailyLayer] = set()
+        for path in self._dir.glob("cortex_*.usda"):
+            day = DailyLayer.parse(path.name)
+            if day is not None:
+                days.add(day)
+        for listed in root.subLayerPaths:
+            day = DailyLayer.parse(Path(listed).name)
+            if day is not None and day not in days:
+                log.warning("cold tier: %s lists missing layer %s", root.identifier, listed)
+        daily = {day: _open_layer(self._dir / day.filename) for day in days}
+        home: dict[UUID, DailyLayer] = {}
+        for day in sorted(daily, reverse=True):
+            names = daily[day].rootPrims.keys()  # iterating the proxy yields specs
+            for name in names:
+                entity_id = parse_prim_name(name)
+                if entity_id is None:
+                    continue
+                if entity_id in home:
+                    log.warning(
+                        "cold tier: %s also in %s; %s is stronger and used",
+                        name,
+                        day.filename,
+                        home[entity_id].filename,
+                    )
+                    continue
+                home[entity_id] = day
+        protected_ids = {
+            entity_id
+            for entity_id in map(parse_prim_name, protected.rootPrims.keys())
+            if entity_id is not None
+        }
+        desired = stack_order(set(daily))
+        if list(root.subLayerPaths) != desired:
+            root.subLayerPaths = desired
+        self._root, self._protected, self._daily = root, protected, daily
+        self._home, self._protected_ids = home, protected_ids
+        self._stage = None
+
+    def _plan(
+        self, records: Sequence[_PrimValues], authored_at: float
+    ) -> tuple[dict[UUID, DailyLayer], dict[DailyLayer, Sdf.Layer]]:
+        """Choose each record's daily layer; make (unsaved) layers that do not exist yet.
+
+        Runs outside the reader lock; it only reads the writer-owned index.
+        """
+        placement: dict[UUID, DailyLayer] = {}
+        added: dict[DailyLayer, int] = {}
+        current: DailyLayer | None = None
+
+        def size(day: DailyLayer) -> int:
+            layer = self._daily.get(day)
+            return (len(layer.rootPrims) if layer is not None else 0) + added.get(day, 0)
+
+        for record in records:
+            entity_id = record.entity_id
+            if entity_id in placement:
+                continue
+            home = self._home.get(entity_id)
+            if home is not None:
+                placement[entity_id] = home
+                continue
+            if current is None:
+                first = DailyLayer.for_time(authored_at)
+                same_day = [d for d in self._daily if d.day == first.day]
+                current = max(same_day, default=first)
+            while size(current) >= self._cap:
+                current = current.next()
+            placement[entity_id] = current
+            added[current] = added.get(current, 0) + 1
+        new_layers = {
+            day: _new_layer(self._dir / day.filename)
+            for day in set(placement.values())
+            if day not in self._daily
+        }
+        return placement, new_layers
+
+    def _adopt(self, new_layers: dict[DailyLayer, Sdf.Layer]) -> set[DailyLayer]:
+        """Add new daily layers to the index and the root's stack (inside the edit)."""
+        if new_layers:
+            self._daily.update(new_layers)
+            self._root.subLayerPaths = stack_order(set(self._daily))
+        return set(new_layers)
+
+    def _edit(self, edit: Callable[[], None], action: str, layers: Sequence[str]) -> None:
+        """Run `edit` under the reader lock inside one ChangeBlock.
+
+        If it does not complete, unsaved edits are discarded (layers reload from
+        disk) so no half-applied batch is ever saved or read.
+        """
+        try:
+            with self._lock:
+                completed = False
+                try:
+                    with Sdf.ChangeBlock():
+                        edit()
+                    completed = True
+                finally:
+                    if not completed:
+                        self._load()
+        except Exception as exc:
+            raise AuthoringError(
+                f"cold tier {action} in {self._dir}: editing layers failed: {exc!r}",
+                failed=layers,
+            ) from exc
+
+    def _save_dirty(self, action: str) -> None:
+        """Save every dirty layer, content layers first and the root last.
+
+        The root goes last so it never lists a layer that is not on disk.
+        """
+        content = [self._daily[d] for d in sorted(self._daily, reverse=True)]
+        ordered = [*content, self._protected, self._root]
+        dirty = [layer for layer in ordered if layer.dirty]
+        names = [Path(layer.realPath or layer.identifier).name for layer in dirty]
+        for index, layer in enumerate(dirty):
+            saved, failed, pending = names[:index], [names[index]], names[index + 1 :]
+            where = f"cold tier {action} in {self._dir}: saving {names[index]}"
+            try:
+                ok = self._save_layer(layer)
+            except Exception as exc:
+                raise AuthoringError(
+                    f"{where} raised {exc!r}", saved=saved, failed=failed, pending=pending
+                ) from exc
+            if not ok:
+                raise AuthoringError(
+                    f"{where} returned False", saved=saved, failed=failed, pending=pending
+                )
+
+    def _compose(self, entity_id: UUID) -> ColdRecord | None:
+        """Value resolution of the two possible opinions: protected, then daily."""
+        path = Sdf.Path(prim_link(entity_id))
+        specs: list[tuple[str, Sdf.PrimSpec]] = []
+        if entity_id in self._protected_ids:
+            spec = self._protected.GetPrimAtPath(path)
+            if spec is not None:
+                specs.append((PROTECTED_LAYER, spec))
+        home = self._home.get(entity_id)
+        if home is not None:
+            spec = self._daily[home].GetPrimAtPath(path)
+            if spec is not None:
+                specs.append((home.filename, spec))
+        if not specs:
+            return None
+        values: dict[str, object] = {}
+        for attr in MEMORY_ATTRIBUTES:
+            values[attr] = MEMORY_FALLBACKS[attr]
+            for _, spec in specs:
+                attr_spec = spec.attributes.get(attr)
+                if attr_spec is not None and attr_spec.HasDefaultValue():
+                    values[attr] = attr_spec.default
+                    break
+        return ColdRecord(
+            entity_id=entity_id,
+            payload=str(values["payload"]),
+            utility=float(values["utility"]),
+            attended_count=int(values["attendedCount"]),
+            protected_floor=float(values["protectedFloor"]),
+            last_evaluated=float(values["lastEvaluated"]),
+            prior_state=str(values["priorState"]),
+            usd_link=prim_link(entity_id),
+            layer=specs[0][0],
+            protected=specs[0][0] == PROTECTED_LAYER,
+        )
+
+
+# --- Sdf helpers -------------------------------------------------------------
+
+
+def _open_layer(path: Path) -> Sdf.Layer:
+    """Open a layer file as it is on disk, or create an empty one."""
+    try:
+        if path.exists():
+            layer = Sdf.Layer.FindOrOpen(str(path))
+            if layer is not None and layer.dirty:
+                # Left over in this process from a target whose save failed: the
+                # file is the truth, the STAGED batch will be authored again.
+                layer.Reload(force=True)
+        else:
+            layer = Sdf.Layer.CreateNew(str(path))
+    except Tf.ErrorException as exc:
+        raise ColdLayerError(f"cannot open USD layer {path}: {exc}") from exc
+    if layer is None:
+        raise ColdLayerError(f"cannot open USD layer {path}")
+    return layer
+
+
+def _new_layer(path: Path) -> Sdf.Layer:
+    """An in-memory layer bound to `path`; the file appears at its first Save()."""
+    if path.exists():
+        return _open_layer(path)
+    layer = Sdf.Layer.Find(str(path))
+    if layer is not None:
+        layer.Clear()  # content of an unsaved layer from an earlier, failed write
+        return layer
+    layer = Sdf.Layer.New(_USDA, str(path))
+    if layer is None:
+        raise ColdLayerError(f"cannot create USD layer {path}")
+    return layer
+
+
+def _write_prim(layer: Sdf.Layer, record: _PrimValues) -> None:
+    """Create or overwrite one typed prim with all six attributes (Sdf API only)."""
+    name = prim_name(record.entity_id)
+    spec = layer.rootPrims.get(name)
+    if spec is None:
+        spec = Sdf.PrimSpec(layer, name, Sdf.SpecifierDef, MEMORY_TYPE_NAME)
+    else:
+        spec.specifier = Sdf.SpecifierDef
+        spec.typeName = MEMORY_TYPE_NAME
+    attributes = spec.attributes
+    for attr, value_type in MEMORY_ATTRIBUTES.items():
+        attr_spec = attributes.get(attr)
+        if attr_spec is None:
+            attr_spec = Sdf.AttributeSpec(spec, attr, value_type)
+        attr_spec.default = record.values[attr]
+
+
+def _stamp(layer: Sdf.Layer, batch_id: str, authored_at: float) -> None:
+    """Record the last batch in the layer's metadata (for operators reading files)."""
+    data = dict(layer.customLayerData)
+    data["monetaLastBatchId"] = batch_id
+    data["monetaLastAuthoredAt"] = authored_at
+    layer.customLayerData = data
+
+
+def _values_of(record: ColdRecord) -> dict[str, object]:
+    return {
+        "payload": record.payload,
+        "utility": record.utility,
+        "attendedCount": record.attended_count,
+        "protectedFloor": record.protected_floor,
+        "lastEvaluated": record.last_evaluated,
+        "priorState": record.prior_state,
+    }
+
+
+# --- validation --------------------------------------------------------------
+
+
+def _validated_batch(batch: Sequence[Memory], arg: str) -> list[_PrimValues]:
+    if isinstance(batch, str | bytes) or not isinstance(batch, Sequence):
+        raise TypeError(f"{arg} must be a sequence of Memory, got {type(batch).__name__}")
+    records: list[_PrimValues] = []
+    for index, memory in enumerate(batch):
+        where = f"{arg}[{index}]"
+        if not isinstance(memory, Memory):
+            raise TypeError(f"{where} must be a moneta.types.Memory, got {type(memory).__name__}")
+        records.append(_prim_values(memory, where))
+    return records
+
+
+def _prim_values(memory: Memory, where: str) -> _PrimValues:
+    if not isinstance(memory.entity_id, UUID):
+        raise TypeError(f"{where}.entity_id must be a UUID, got {type(memory.entity_id).__name__}")
+    if not isinstance(memory.state, EntityState):
+        raise TypeError(f"{where}.state must be an EntityState, got {memory.state!r}")
+    attended = memory.attended_count
+    if isinstance(attended, bool) or not isinstance(attended, Integral):
+        raise TypeError(f"{where}.attended_count must be an int, got {attended!r}")
+    if not 0 <= attended <= _INT32_MAX:
+        raise ValueError(f"{where}.attended_count must be in [0, {_INT32_MAX}], got {attended}")
+    values: dict[str, object] = {
+        "payload": _check_text(memory.payload, f"{where}.payload"),
+        "utility": _check_unit(memory.utility, f"{where}.utility"),
+        "attendedCount": int(attended),
+        "protectedFloor": _check_unit(memory.protected_floor, f"{where}.protected_floor"),
+        "lastEvaluated": _check_finite(memory.last_evaluated, f"{where}.last_evaluated"),
+        "priorState": memory.state.token,
+    }
+    return _PrimValues(memory.entity_id, values)
+
+
+def _check_text(value: object, name: str) -> str:
+    """USD strings are UTF-8 and NUL-terminated on disk: reject what would not round-trip."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain NUL characters (USD would truncate it)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{name} must be encodable as UTF-8: {exc.reason}") from exc
+    return value
+
+
+def _check_finite(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return number
+
+
+def _check_unit(value: object, name: str) -> float:
+    number = _check_finite(value, name)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {number}")
+    return number
+
+
+def _check_batch_id(batch_id: object) -> None:
+    _check_text(batch_id, "batch_id")
+
+
+def _validated_ids(entity_ids: Iterable[UUID], arg: str) -> list[UUID]:
+    if isinstance(entity_ids, str | bytes | UUID):
+        raise TypeError(f"{arg} must be an iterable of UUID, got {type(entity_ids).__name__}")
+    ids = list(entity_ids)
+    for index, entity_id in enumerate(ids):
+        if not isinstance(entity_id, UUID):
+            raise TypeError(f"{arg}[{index}] must be a UUID, got {type(entity_id).__name__}")
+    return ids

@@ -59,9 +59,13 @@ def raw(
     role: str = "architect",
     loop: int = 1,
     slug: str = "a",
+    /,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """A raw finding dict that validates for (`role`, `loop`) unless overridden."""
+    """A raw finding dict that validates for (`role`, `loop`) unless overridden.
+
+    The three builders are positional-only so `raw(loop=True)` overrides the key.
+    """
     theme = next(t.slug for t in THEMES if t.loop == loop)
     item: dict[str, Any] = {
         "id": f"{role}-L{loop}-{slug}",
@@ -88,4 +92,25 @@ def ok(role: str, loop: int, items: list[Any], **kw: Any) -> ReviewerResult:
     usage = {"input": 100, "output": 10, "cache_write": 0, "cache_read": 90}
     return ReviewerResult(
         role=role, loop=loop, status="ok", findings_raw=items, attempts=1, usage=usage, **kw
+    )
+
+
+def run_loop(
+    results: list[ReviewerResult],
+    loop: int = 1,
+    *,
+    ledger: Any = None,
+    config: ReviewConfig | None = None,
+) -> Any:
+    """synthesize_loop with the fixture snapshot and hash; a fresh ledger unless given."""
+    from synth.ledger import ClosureLedger
+    from synth.loop import synthesize_loop
+
+    return synthesize_loop(
+        results,
+        config=config or make_config(),
+        loop=loop,
+        snapshot_paths=SNAPSHOT,
+        constitution_hash=HASH,
+        ledger=ledger if ledger is not None else ClosureLedger(),
     )

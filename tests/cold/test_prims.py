@@ -121,10 +121,10 @@ HOSTILE = [
     "a/b/c/../../d",
     'double "quotes" and \'single\' and """triple"""',
     "line one\nline two\r\nline three\ttab",
-    "</World/Evil> @asset.usda@ ( customData = { } ) def Xform \"Evil\" { }",
+    '</World/Evil> @asset.usda@ ( customData = { } ) def Xform "Evil" { }',
     "#usda 1.0\n(\n    subLayers = [@/etc/passwd@]\n)\n",
     "unicode: é 中文 עברית 🙂 \u2028 \ufeff",
-    "backslashes \\ \\n \\\" \\\\",
+    'backslashes \\ \\n \\" \\\\',
     "",
     " ",
     "x" * 1_000_000,
@@ -199,9 +199,7 @@ def test_bad_call_arguments_are_named(open_target: Factory):
     assert target.count() == 0
 
 
-def test_re_authoring_overwrites_in_place_without_duplicates(
-    open_target: Factory, cold_dir: Path
-):
+def test_re_authoring_overwrites_in_place_without_duplicates(open_target: Factory, cold_dir: Path):
     target = open_target(max_prims_per_layer=2)
     first = make_memory("first version", utility=0.2, attended_count=3)
     others = [make_memory("filler")]

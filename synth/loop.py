@@ -147,6 +147,134 @@ def _close_group(
             dropped.append((f, DUPLICATE_PREFIX + best.id))
 
 
+@dataclass(slots=True)
+class Validated:
+    """Outcome of validating every reviewer's raw items (see `LoopSynthesis`)."""
+
+    valid: list[Finding] = field(default_factory=list)
+    invalid: list[tuple[object, str]] = field(default_factory=list)
+    origin: list[tuple[str, int]] = field(default_factory=list)
+
+    def reject(self, raw: object, reason: str, role: str, index: int) -> None:
+        self.invalid.append((raw, reason))
+        self.origin.append((role, index))
+
+
+def ordered_reviewers(
+    results: Sequence[ReviewerResult], config: ReviewConfig, loop: int
+) -> list[ReviewerResult]:
+    """Results in config role order; ValueError for another loop's or an unknown role's."""
+    role_order = config.role_order
+    for r in results:
+        if r.loop != loop:
+            raise ValueError(
+                f"results: reviewer {r.role!r} result is for loop {r.loop}, not {loop}"
+            )
+        if r.role not in role_order:
+            raise ValueError(f"results: reviewer role {r.role!r} is not in the config's roles")
+    return sorted(results, key=lambda r: role_order[r.role])
+
+
+def validate_results(
+    reviewers: Sequence[ReviewerResult],
+    *,
+    config: ReviewConfig,
+    loop: int,
+    snapshot_paths: Collection[str],
+    constitution_hash: str,
+) -> Validated:
+    """Validate every raw item in reviewer order; a repeated id is invalid after the first.
+
+    Items past `config.max_findings_per_reviewer` (when > 0) are invalid too. The
+    ids checked for repeats are those of items that passed every other rule.
+    """
+    theme = config.theme_for(loop).slug
+    paths = (
+        snapshot_paths if isinstance(snapshot_paths, frozenset | set) else frozenset(snapshot_paths)
+    )
+    cap = config.max_findings_per_reviewer
+    out = Validated()
+    seen: set[str] = set()
+    for r in reviewers:
+        items = r.findings_raw
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            reason = f"findings_raw: must be a JSON array, got {type(items).__name__}"
+            out.reject(items, reason, r.role, -1)
+            continue
+        for i, item in enumerate(items):
+            try:
+                if cap > 0 and i >= cap:
+                    raise InvalidFinding(
+                        f"exceeds max_findings_per_reviewer ({cap}): item {i + 1} of {len(items)}"
+                    )
+                f = validate_finding(
+                    item,
+                    role=r.role,
+                    loop=loop,
+                    theme=theme,
+                    snapshot_paths=paths,
+                    constitution_hash=constitution_hash,
+                )
+                if f.id in seen:
+                    raise InvalidFinding(f"id: duplicate id {f.id!r} in loop {loop}")
+            except InvalidFinding as exc:
+                out.reject(item, exc.reason, r.role, i)
+                continue
+            seen.add(f.id)
+            out.valid.append(f)
+    return out
+
+
+def filter_scope(
+    findings: Sequence[Finding], config: ReviewConfig
+) -> tuple[list[Finding], list[tuple[Finding, str]]]:
+    """Split into (in scope, [(out of scope, "role-isolation")]); the exempt role keeps all."""
+    roles = {role.prefix: role for role in config.roles}
+    cache: dict[tuple[str, str], bool] = {}  # many findings share (role, file)
+    scoped: list[Finding] = []
+    dropped: list[tuple[Finding, str]] = []
+    for f in findings:
+        key = (f.role, f.file_path)
+        ok = cache.get(key)
+        if ok is None:
+            ok = cache[key] = in_scope(roles[f.role], f.file_path)
+        if ok:
+            scoped.append(f)
+        else:
+            dropped.append((f, ROLE_ISOLATION))
+    return scoped, dropped
+
+
+def record_closures(
+    ledger: ClosureLedger,
+    loop: int,
+    kept: Sequence[Finding],
+    duplicates: Sequence[tuple[Finding, str]],
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Register the loop's ids in `ledger` and record its `closes` links, by closer id.
+
+    Merged duplicates stay closable (a later closure resolves to their survivor) and
+    their own `closes` links count: they passed every rule, only their text repeated.
+    Any earlier record of this loop in the ledger is replaced.
+    """
+    ledger.begin_loop(loop)
+    ledger.register(
+        loop,
+        [f.id for f in kept],
+        {d.id: reason.removeprefix(DUPLICATE_PREFIX) for d, reason in duplicates},
+    )
+    closures: list[tuple[str, str]] = []
+    status: list[str] = []
+    closers = sorted([*kept, *(d for d, _ in duplicates)], key=lambda f: f.id)
+    for f in closers:
+        if f.closes is not None:
+            closures.append((f.id, f.closes))
+            status.append(ledger.record(f.id, f.closes, loop).status)
+    return closures, status
+
+
 def synthesize_loop(
     results: Sequence[ReviewerResult],
     *,
@@ -159,79 +287,23 @@ def synthesize_loop(
     """Judge one loop's reviewer results and record its closures into `ledger`.
 
     Reviewers are processed in config role order whatever order `results` arrive
-    in, so "first" (for duplicate ids) is deterministic. Items past
-    `config.max_findings_per_reviewer` are invalid. Re-synthesising a loop replaces
-    that loop's ledger entries rather than adding to them.
+    in, so "first" (for duplicate ids) is deterministic. Re-synthesising a loop
+    replaces that loop's ledger entries rather than adding to them.
 
     Raises ValueError if a result belongs to another loop or to a role not in
     `config` (a harness bug, not model output).
     """
     theme = config.theme_for(loop)
     role_order = config.role_order
-    for r in results:
-        if r.loop != loop:
-            raise ValueError(
-                f"results: reviewer {r.role!r} result is for loop {r.loop}, not {loop}"
-            )
-        if r.role not in role_order:
-            raise ValueError(f"results: reviewer role {r.role!r} is not in the config's roles")
-    reviewers = sorted(results, key=lambda r: role_order[r.role])
-    paths = (
-        snapshot_paths if isinstance(snapshot_paths, frozenset | set) else frozenset(snapshot_paths)
+    reviewers = ordered_reviewers(results, config, loop)
+    checked = validate_results(
+        reviewers,
+        config=config,
+        loop=loop,
+        snapshot_paths=snapshot_paths,
+        constitution_hash=constitution_hash,
     )
-    cap = config.max_findings_per_reviewer
-
-    invalid: list[tuple[object, str]] = []
-    origin: list[tuple[str, int]] = []
-    valid: list[Finding] = []
-    seen_ids: set[str] = set()
-    for r in reviewers:
-        raw_items = r.findings_raw
-        if raw_items is None:
-            continue
-        if not isinstance(raw_items, list):
-            invalid.append(
-                (raw_items, f"findings_raw: must be a JSON array, got {type(raw_items).__name__}")
-            )
-            origin.append((r.role, -1))
-            continue
-        for i, item in enumerate(raw_items):
-            try:
-                if cap > 0 and i >= cap:
-                    raise InvalidFinding(
-                        f"exceeds max_findings_per_reviewer ({cap}): "
-                        f"item {i + 1} of {len(raw_items)}"
-                    )
-                f = validate_finding(
-                    item,
-                    role=r.role,
-                    loop=loop,
-                    theme=theme.slug,
-                    snapshot_paths=paths,
-                    constitution_hash=constitution_hash,
-                )
-                if f.id in seen_ids:
-                    raise InvalidFinding(f"id: duplicate id {f.id!r} in loop {loop}")
-            except InvalidFinding as exc:
-                invalid.append((item, exc.reason))
-                origin.append((r.role, i))
-                continue
-            seen_ids.add(f.id)
-            valid.append(f)
-
-    dropped: list[tuple[Finding, str]] = []
-    scoped: list[Finding] = []
-    roles = {role.prefix: role for role in config.roles}
-    scope_cache: dict[tuple[str, str], bool] = {}
-    for f in valid:
-        ck = (f.role, f.file_path)
-        ok = scope_cache.get(ck)
-        if ok is None:
-            ok = scope_cache[ck] = in_scope(roles[f.role], f.file_path)
-        if ok:
-            scoped.append(f)
-        else:
-            dropped.append((f, ROLE_ISOLATION))
+    scoped, dropped = filter_scope(checked.valid, config)
 
     def key(f: Finding) -> RankKey:
         return rank_key(f, theme, role_order)
@@ -240,30 +312,16 @@ def synthesize_loop(
     kept = sorted(survivors, key=key)
     duplicates.sort(key=lambda d: d[0].id)
     dropped.extend(duplicates)
-
-    ledger.begin_loop(loop)
-    ledger.register(
-        loop,
-        [f.id for f in kept],
-        {d.id: reason.removeprefix(DUPLICATE_PREFIX) for d, reason in duplicates},
-    )
-    closures: list[tuple[str, str]] = []
-    status: list[str] = []
-    for f in sorted(scoped, key=lambda f: f.id):
-        if f.closes is not None:
-            entry = ledger.record(f.id, f.closes, loop)
-            closures.append((f.id, f.closes))
-            status.append(entry.status)
-
+    closures, status = record_closures(ledger, loop, kept, duplicates)
     synthesis = LoopSynthesis(
         loop=loop,
         theme=theme,
         kept=kept,
-        invalid=invalid,
+        invalid=checked.invalid,
         dropped=dropped,
-        reviewers=list(reviewers),
+        reviewers=reviewers,
         closures=closures,
-        invalid_origin=origin,
+        invalid_origin=checked.origin,
         closure_status=status,
     )
     synthesis.markdown = render_loop(synthesis, config)

@@ -229,5 +229,5 @@ def _dropped(add: Add, s: LoopSynthesis) -> None:
     add("| id | file | reason |")
     add("|---|---|---|")
     for f, reason in s.dropped:
-        add(f"| `{f.id}` | `{location(f)}` | {reason} |")
+        add(f"| `{f.id}` | `{cell(location(f))}` | {reason} |")
     add("")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -317,3 +320,24 @@ def test_two_runs_write_byte_identical_files(tmp_path: Path) -> None:
     a, b = snapshot_dir(tmp_path / "a"), snapshot_dir(tmp_path / "b")
     assert len(a) == 8  # 3 loop files, 4 JSONL files, synthesis.md
     assert a == b
+
+
+def test_output_independent_of_hash_seed(tmp_path: Path) -> None:
+    """Two processes with different string-hash seeds write byte-identical files."""
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from tests.review.test_synth_outputs import run, USAGE\n"
+        "from tests.review.synth_fixtures import HASH\n"
+        "from synth.outputs import write_final\n"
+        "out = Path(sys.argv[1]); ledger = run(out, range(1, 4))\n"
+        "write_final(out, ledger=ledger, constitution_hash=HASH, usage_totals=USAGE)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}
+        subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / seed)], env=env, cwd=root, check=True
+        )
+    one, two = snapshot_dir(tmp_path / "1"), snapshot_dir(tmp_path / "2")
+    assert len(one) == 8
+    assert one == two

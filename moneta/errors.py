@@ -42,3 +42,7 @@ class AuthoringError(MonetaError):
         self.pending = tuple(pending)
         detail = f"saved={list(self.saved)} failed={list(self.failed)} pending={list(self.pending)}"
         super().__init__(f"{message} ({detail})")
+
+
+class MonetaClosedError(MonetaError):
+    """An operation was called on a handle after ``close()``."""

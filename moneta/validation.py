@@ -1,0 +1,58 @@
+"""Argument checks for the agent API: a clear error naming the argument, nothing stored."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Real
+from typing import Any
+
+import numpy as np
+
+
+def payload(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"payload must be a str, got {type(value).__name__}")
+    return value
+
+
+def protected_floor(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"protected_floor must be a number in [0, 1], got {type(value).__name__}")
+    floor = float(value)
+    if not (0.0 <= floor <= 1.0):  # also rejects NaN
+        raise ValueError(f"protected_floor must be in [0, 1], got {value!r}")
+    return floor
+
+
+def limit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"limit must be an int >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"limit must be >= 1, got {value}")
+    return value
+
+
+def embedding(value: Any, dim: int | None) -> np.ndarray:
+    """A finite, non-zero 1-D vector of the store's dimension, L2-normalised (float32)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        raise TypeError(
+            f"embedding must be a list of floats (or a 1-D numpy array), got {type(value).__name__}"
+        )
+    try:
+        vector = np.array(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"embedding must contain only numbers: {exc}") from None
+    if vector.ndim != 1:
+        raise ValueError(f"embedding must be 1-D, got shape {vector.shape}")
+    if vector.size == 0:
+        raise ValueError("embedding must not be empty")
+    if dim is not None and vector.size != dim:
+        raise ValueError(f"embedding has dimension {vector.size}, but this store's is {dim}")
+    if not np.isfinite(vector).all():
+        raise ValueError("embedding must contain only finite numbers (no NaN or inf)")
+    norm = math.sqrt(float(np.dot(vector, vector)))
+    if norm == 0.0 or not math.isfinite(norm):
+        raise ValueError("embedding must have a non-zero, finite length")
+    vector /= norm
+    return vector

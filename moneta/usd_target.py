@@ -115,6 +115,23 @@ class _PrimValues:
     values: dict[str, object]
 
 
+@dataclass(slots=True)
+class _Stack:
+    """The open layers and where each memory lives (one daily layer; maybe pinned)."""
+
+    root: Sdf.Layer
+    protected: Sdf.Layer
+    daily: dict[DailyLayer, Sdf.Layer]
+    home: dict[UUID, DailyLayer]
+    protected_ids: set[UUID]
+    stage: Usd.Stage | None = None
+
+    def in_save_order(self) -> list[Sdf.Layer]:
+        """Content layers first and the root last, so the root never lists a missing file."""
+        content = [self.daily[d] for d in sorted(self.daily, reverse=True)]
+        return [*content, self.protected, self.root]
+
+
 def _save(layer: Sdf.Layer) -> bool:
     return bool(layer.Save())
 
@@ -148,20 +165,13 @@ class UsdTarget:
         self._save_layer: LayerSaver = save_layer or _save
         self._lock = threading.Lock()  # readers and the ChangeBlock only
         self._write_mutex = threading.Lock()  # one writer at a time, through Save()
-        self._stage: Usd.Stage | None = None
-        self._closed = False
-        self._root: Sdf.Layer
-        self._protected: Sdf.Layer
-        self._daily: dict[DailyLayer, Sdf.Layer] = {}
-        self._home: dict[UUID, DailyLayer] = {}
-        self._protected_ids: set[UUID] = set()
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ColdLayerError(f"cannot create cold-tier directory {self._dir}: {exc}") from exc
         with self._write_mutex:
-            self._load()
-            self._save_dirty("open")
+            self._stack: _Stack | None = _load(self._dir)
+            self._save_dirty(self._stack, "open")
 
     # --- properties -----------------------------------------------------------
 
@@ -190,52 +200,48 @@ class UsdTarget:
         to a continuation layer when that one holds `max_prims_per_layer` prims.
         """
         records = _validated_batch(batch, "batch")
-        _check_batch_id(batch_id)
-        _check_finite(authored_at, "authored_at")
+        _check_text(batch_id, "batch_id")
+        when = _check_finite(authored_at, "authored_at")
         with self._write_mutex:
-            self._check_open()
-            placement, new_layers = self._plan(records, float(authored_at))
+            stack = self._open_stack()
+            placement, new_layers = self._plan(stack, records, when)
 
-            def edit() -> None:
-                touched = self._adopt(new_layers) | set(placement.values())
+            def edit(stack: _Stack) -> None:
+                touched = _adopt(stack, new_layers) | set(placement.values())
                 for record in records:
                     day = placement[record.entity_id]
-                    _write_prim(self._daily[day], record)
-                    self._home[record.entity_id] = day
+                    _write_prim(stack.daily[day], record)
+                    stack.home[record.entity_id] = day
                 for day in touched:
-                    _stamp(self._daily[day], batch_id, float(authored_at))
+                    _stamp(stack.daily[day], batch_id, when)
 
             self._edit(edit, "author", sorted({d.filename for d in placement.values()}))
-            self._save_dirty("author")
+            self._save_dirty(self._open_stack(), "author")
         return {record.entity_id: prim_link(record.entity_id) for record in records}
 
     def forget(self, entity_ids: Iterable[UUID]) -> None:
         """Remove the entities' prims from every layer (protected included) and save."""
         ids = _validated_ids(entity_ids, "entity_ids")
         with self._write_mutex:
-            self._check_open()
+            stack = self._open_stack()
 
-            def edit() -> None:
-                layers = [self._protected, *self._daily.values()]
+            def edit(stack: _Stack) -> None:
+                layers = [stack.protected, *stack.daily.values()]
                 for entity_id in ids:
                     name = prim_name(entity_id)
                     for layer in layers:
                         if layer.rootPrims.get(name) is not None:
                             del layer.rootPrims[name]
-                    self._home.pop(entity_id, None)
-                    self._protected_ids.discard(entity_id)
+                    stack.home.pop(entity_id, None)
+                    stack.protected_ids.discard(entity_id)
 
-            self._edit(edit, "forget", [PROTECTED_LAYER, *(d.filename for d in self._daily)])
-            self._save_dirty("forget")
+            self._edit(edit, "forget", [PROTECTED_LAYER, *(d.filename for d in stack.daily)])
+            self._save_dirty(self._open_stack(), "forget")
 
     def close(self) -> None:
         """Release the layers and the reader stage. Idempotent."""
         with self._write_mutex, self._lock:
-            self._closed = True
-            self._stage = None
-            self._daily = {}
-            self._home = {}
-            self._protected_ids = set()
+            self._stack = None
 
     def __enter__(self) -> UsdTarget:
         return self
@@ -254,19 +260,19 @@ class UsdTarget:
         same prim has in a daily layer.
         """
         records = _validated_batch(batch, "batch")
-        _check_batch_id(batch_id)
-        _check_finite(authored_at, "authored_at")
+        _check_text(batch_id, "batch_id")
+        when = _check_finite(authored_at, "authored_at")
         with self._write_mutex:
-            self._check_open()
+            self._open_stack()
 
-            def edit() -> None:
+            def edit(stack: _Stack) -> None:
                 for record in records:
-                    _write_prim(self._protected, record)
-                    self._protected_ids.add(record.entity_id)
-                _stamp(self._protected, batch_id, float(authored_at))
+                    _write_prim(stack.protected, record)
+                    stack.protected_ids.add(record.entity_id)
+                _stamp(stack.protected, batch_id, when)
 
             self._edit(edit, "author_protected", [PROTECTED_LAYER])
-            self._save_dirty("author_protected")
+            self._save_dirty(self._open_stack(), "author_protected")
         return {record.entity_id: prim_link(record.entity_id) for record in records}
 
     def unpin(self, entity_ids: Iterable[UUID], *, authored_at: float) -> dict[UUID, str]:
@@ -278,11 +284,11 @@ class UsdTarget:
         Returns the prim path of each unpinned memory.
         """
         ids = _validated_ids(entity_ids, "entity_ids")
-        _check_finite(authored_at, "authored_at")
+        when = _check_finite(authored_at, "authored_at")
         with self._write_mutex:
-            self._check_open()
+            stack = self._open_stack()
             with self._lock:
-                composed = [self._compose(i) for i in ids if i in self._protected_ids]
+                composed = [_compose(stack, i) for i in ids if i in stack.protected_ids]
             records = [
                 _PrimValues(rec.entity_id, {**_values_of(rec), "protectedFloor": 0.0})
                 for rec in composed
@@ -290,20 +296,20 @@ class UsdTarget:
             ]
             if not records:
                 return {}
-            placement, new_layers = self._plan(records, float(authored_at))
+            placement, new_layers = self._plan(stack, records, when)
 
-            def edit() -> None:
-                self._adopt(new_layers)
+            def edit(stack: _Stack) -> None:
+                _adopt(stack, new_layers)
                 for record in records:
                     day = placement[record.entity_id]
-                    _write_prim(self._daily[day], record)
-                    self._home[record.entity_id] = day
-                    del self._protected.rootPrims[prim_name(record.entity_id)]
-                    self._protected_ids.discard(record.entity_id)
+                    _write_prim(stack.daily[day], record)
+                    stack.home[record.entity_id] = day
+                    del stack.protected.rootPrims[prim_name(record.entity_id)]
+                    stack.protected_ids.discard(record.entity_id)
 
             layers = [PROTECTED_LAYER, *sorted({d.filename for d in placement.values()})]
             self._edit(edit, "unpin", layers)
-            self._save_dirty("unpin")
+            self._save_dirty(self._open_stack(), "unpin")
         return {record.entity_id: prim_link(record.entity_id) for record in records}
 
     # --- readers --------------------------------------------------------------
@@ -316,114 +322,68 @@ class UsdTarget:
         only. Keep the block short: writers wait for it.
         """
         with self._lock:
-            self._check_open()
-            if self._stage is None:
-                self._stage = Usd.Stage.Open(self._root)
-            yield self._stage
+            stack = self._open_stack()
+            if stack.stage is None:
+                stack.stage = Usd.Stage.Open(stack.root)
+            yield stack.stage
 
     def read(self, entity_ids: Iterable[UUID]) -> dict[UUID, ColdRecord]:
         """Composed records of the entities found in the cold tier (others are absent)."""
         ids = _validated_ids(entity_ids, "entity_ids")
         with self._lock:
-            self._check_open()
-            found = {i: self._compose(i) for i in ids}
+            stack = self._open_stack()
+            found = {i: _compose(stack, i) for i in ids}
         return {i: rec for i, rec in found.items() if rec is not None}
 
     def count(self) -> int:
         """Number of distinct memories in the cold tier."""
         with self._lock:
-            self._check_open()
-            return len(self._home.keys() | self._protected_ids)
+            stack = self._open_stack()
+            return len(stack.home.keys() | stack.protected_ids)
 
     def layer_stack(self) -> list[LayerInfo]:
         """The sublayer stack, strongest first, with each layer's root prim count."""
         with self._lock:
-            self._check_open()
-            infos = [LayerInfo(PROTECTED_LAYER, len(self._protected.rootPrims))]
-            for day in sorted(self._daily, reverse=True):
-                infos.append(LayerInfo(day.filename, len(self._daily[day].rootPrims)))
+            stack = self._open_stack()
+            infos = [LayerInfo(PROTECTED_LAYER, len(stack.protected.rootPrims))]
+            for day in sorted(stack.daily, reverse=True):
+                infos.append(LayerInfo(day.filename, len(stack.daily[day].rootPrims)))
             return infos
 
     # --- internals ------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
+    def _open_stack(self) -> _Stack:
+        if self._stack is None:
             raise ColdTierClosedError(f"cold tier at {self._dir} is closed")
-
-    def _load(self) -> None:
-        """Open (or create) every layer and index where each memory lives.
-
-        Counts and locations come from the layers themselves. A daily file on disk
-        that the root layer does not list (a write interrupted before the root was
-        saved) joins the stack; a listed file that is missing leaves it.
-        """
-        root = _open_layer(self._dir / ROOT_LAYER)
-        protected = _open_layer(self._dir / PROTECTED_LAYER)
-        days: set[DailyLayer] = set()
-        for path in self._dir.glob("cortex_*.usda"):
-            day = DailyLayer.parse(path.name)
-            if day is not None:
-                days.add(day)
-        for listed in root.subLayerPaths:
-            day = DailyLayer.parse(Path(listed).name)
-            if day is not None and day not in days:
-                log.warning("cold tier: %s lists missing layer %s", root.identifier, listed)
-        daily = {day: _open_layer(self._dir / day.filename) for day in days}
-        home: dict[UUID, DailyLayer] = {}
-        for day in sorted(daily, reverse=True):
-            names = daily[day].rootPrims.keys()  # iterating the proxy yields specs
-            for name in names:
-                entity_id = parse_prim_name(name)
-                if entity_id is None:
-                    continue
-                if entity_id in home:
-                    log.warning(
-                        "cold tier: %s also in %s; %s is stronger and used",
-                        name,
-                        day.filename,
-                        home[entity_id].filename,
-                    )
-                    continue
-                home[entity_id] = day
-        protected_ids = {
-            entity_id
-            for entity_id in map(parse_prim_name, protected.rootPrims.keys())
-            if entity_id is not None
-        }
-        desired = stack_order(set(daily))
-        if list(root.subLayerPaths) != desired:
-            root.subLayerPaths = desired
-        self._root, self._protected, self._daily = root, protected, daily
-        self._home, self._protected_ids = home, protected_ids
-        self._stage = None
+        return self._stack
 
     def _plan(
-        self, records: Sequence[_PrimValues], authored_at: float
+        self, stack: _Stack, records: Sequence[_PrimValues], authored_at: float
     ) -> tuple[dict[UUID, DailyLayer], dict[DailyLayer, Sdf.Layer]]:
         """Choose each record's daily layer; make (unsaved) layers that do not exist yet.
 
-        Runs outside the reader lock; it only reads the writer-owned index.
+        Runs outside the reader lock: only the writer, who holds the write mutex,
+        changes the index it reads.
         """
         placement: dict[UUID, DailyLayer] = {}
         added: dict[DailyLayer, int] = {}
         current: DailyLayer | None = None
 
         def size(day: DailyLayer) -> int:
-            layer = self._daily.get(day)
+            layer = stack.daily.get(day)
             return (len(layer.rootPrims) if layer is not None else 0) + added.get(day, 0)
 
         for record in records:
             entity_id = record.entity_id
             if entity_id in placement:
                 continue
-            home = self._home.get(entity_id)
+            home = stack.home.get(entity_id)
             if home is not None:
                 placement[entity_id] = home
                 continue
             if current is None:
                 first = DailyLayer.for_time(authored_at)
-                same_day = [d for d in self._daily if d.day == first.day]
-                current = max(same_day, default=first)
+                current = max((d for d in stack.daily if d.day == first.day), default=first)
             while size(current) >= self._cap:
                 current = current.next()
             placement[entity_id] = current
@@ -431,18 +391,11 @@ class UsdTarget:
         new_layers = {
             day: _new_layer(self._dir / day.filename)
             for day in set(placement.values())
-            if day not in self._daily
+            if day not in stack.daily
         }
         return placement, new_layers
 
-    def _adopt(self, new_layers: dict[DailyLayer, Sdf.Layer]) -> set[DailyLayer]:
-        """Add new daily layers to the index and the root's stack (inside the edit)."""
-        if new_layers:
-            self._daily.update(new_layers)
-            self._root.subLayerPaths = stack_order(set(self._daily))
-        return set(new_layers)
-
-    def _edit(self, edit: Callable[[], None], action: str, layers: Sequence[str]) -> None:
+    def _edit(self, edit: Callable[[_Stack], None], action: str, layers: Sequence[str]) -> None:
         """Run `edit` under the reader lock inside one ChangeBlock.
 
         If it does not complete, unsaved edits are discarded (layers reload from
@@ -453,26 +406,21 @@ class UsdTarget:
                 completed = False
                 try:
                     with Sdf.ChangeBlock():
-                        edit()
+                        edit(self._open_stack())
                     completed = True
                 finally:
                     if not completed:
-                        self._load()
+                        self._stack = _load(self._dir)
         except Exception as exc:
             raise AuthoringError(
                 f"cold tier {action} in {self._dir}: editing layers failed: {exc!r}",
                 failed=layers,
             ) from exc
 
-    def _save_dirty(self, action: str) -> None:
-        """Save every dirty layer, content layers first and the root last.
-
-        The root goes last so it never lists a layer that is not on disk.
-        """
-        content = [self._daily[d] for d in sorted(self._daily, reverse=True)]
-        ordered = [*content, self._protected, self._root]
-        dirty = [layer for layer in ordered if layer.dirty]
-        names = [Path(layer.realPath or layer.identifier).name for layer in dirty]
+    def _save_dirty(self, stack: _Stack, action: str) -> None:
+        """Save every dirty layer; any failure names saved, failed and pending layers."""
+        dirty = [layer for layer in stack.in_save_order() if layer.dirty]
+        names = [Path(layer.identifier).name for layer in dirty]
         for index, layer in enumerate(dirty):
             saved, failed, pending = names[:index], [names[index]], names[index + 1 :]
             where = f"cold tier {action} in {self._dir}: saving {names[index]}"
@@ -487,41 +435,97 @@ class UsdTarget:
                     f"{where} returned False", saved=saved, failed=failed, pending=pending
                 )
 
-    def _compose(self, entity_id: UUID) -> ColdRecord | None:
-        """Value resolution of the two possible opinions: protected, then daily."""
-        path = Sdf.Path(prim_link(entity_id))
-        specs: list[tuple[str, Sdf.PrimSpec]] = []
-        if entity_id in self._protected_ids:
-            spec = self._protected.GetPrimAtPath(path)
-            if spec is not None:
-                specs.append((PROTECTED_LAYER, spec))
-        home = self._home.get(entity_id)
-        if home is not None:
-            spec = self._daily[home].GetPrimAtPath(path)
-            if spec is not None:
-                specs.append((home.filename, spec))
-        if not specs:
-            return None
-        values: dict[str, object] = {}
-        for attr in MEMORY_ATTRIBUTES:
-            values[attr] = MEMORY_FALLBACKS[attr]
-            for _, spec in specs:
-                attr_spec = spec.attributes.get(attr)
-                if attr_spec is not None and attr_spec.HasDefaultValue():
-                    values[attr] = attr_spec.default
-                    break
-        return ColdRecord(
-            entity_id=entity_id,
-            payload=str(values["payload"]),
-            utility=float(values["utility"]),
-            attended_count=int(values["attendedCount"]),
-            protected_floor=float(values["protectedFloor"]),
-            last_evaluated=float(values["lastEvaluated"]),
-            prior_state=str(values["priorState"]),
-            usd_link=prim_link(entity_id),
-            layer=specs[0][0],
-            protected=specs[0][0] == PROTECTED_LAYER,
-        )
+
+# --- the layer stack -----------------------------------------------------------
+
+
+def _load(directory: Path) -> _Stack:
+    """Open (or create) every layer and index where each memory lives.
+
+    Counts and locations come from the layers themselves. A daily file on disk
+    that the root layer does not list (a write interrupted before the root was
+    saved) joins the stack; a listed file that is missing leaves it. The root is
+    left dirty if its sublayer list changed.
+    """
+    root = _open_layer(directory / ROOT_LAYER)
+    protected = _open_layer(directory / PROTECTED_LAYER)
+    days: set[DailyLayer] = set()
+    for path in directory.glob("cortex_*.usda"):
+        day = DailyLayer.parse(path.name)
+        if day is not None:
+            days.add(day)
+    for listed in root.subLayerPaths:
+        day = DailyLayer.parse(Path(listed).name)
+        if day is not None and day not in days:
+            log.warning("cold tier: %s lists missing layer %s", root.identifier, listed)
+    daily = {day: _open_layer(directory / day.filename) for day in days}
+    home: dict[UUID, DailyLayer] = {}
+    for day in sorted(daily, reverse=True):
+        names = daily[day].rootPrims.keys()  # iterating the proxy yields specs
+        for name in names:
+            entity_id = parse_prim_name(name)
+            if entity_id is None:
+                continue
+            if entity_id in home:
+                log.warning(
+                    "cold tier: %s also in %s; the stronger %s is used",
+                    name,
+                    day.filename,
+                    home[entity_id].filename,
+                )
+                continue
+            home[entity_id] = day
+    pinned = map(parse_prim_name, protected.rootPrims.keys())
+    protected_ids = {entity_id for entity_id in pinned if entity_id is not None}
+    desired = stack_order(set(daily))
+    if list(root.subLayerPaths) != desired:
+        root.subLayerPaths = desired
+    return _Stack(root, protected, daily, home, protected_ids)
+
+
+def _adopt(stack: _Stack, new_layers: dict[DailyLayer, Sdf.Layer]) -> set[DailyLayer]:
+    """Add new daily layers to the index and the root's stack (inside the edit)."""
+    if new_layers:
+        stack.daily.update(new_layers)
+        stack.root.subLayerPaths = stack_order(set(stack.daily))
+    return set(new_layers)
+
+
+def _compose(stack: _Stack, entity_id: UUID) -> ColdRecord | None:
+    """Value resolution over the two possible opinions: protected, then daily."""
+    path = Sdf.Path(prim_link(entity_id))
+    specs: list[tuple[str, Sdf.PrimSpec]] = []
+    if entity_id in stack.protected_ids:
+        spec = stack.protected.GetPrimAtPath(path)
+        if spec is not None:
+            specs.append((PROTECTED_LAYER, spec))
+    home = stack.home.get(entity_id)
+    if home is not None:
+        spec = stack.daily[home].GetPrimAtPath(path)
+        if spec is not None:
+            specs.append((home.filename, spec))
+    if not specs:
+        return None
+    values: dict[str, object] = {}
+    for attr in MEMORY_ATTRIBUTES:
+        values[attr] = MEMORY_FALLBACKS[attr]
+        for _, spec in specs:
+            attr_spec = spec.attributes.get(attr)
+            if attr_spec is not None and attr_spec.HasDefaultValue():
+                values[attr] = attr_spec.default
+                break
+    return ColdRecord(
+        entity_id=entity_id,
+        payload=str(values["payload"]),
+        utility=float(values["utility"]),
+        attended_count=int(values["attendedCount"]),
+        protected_floor=float(values["protectedFloor"]),
+        last_evaluated=float(values["lastEvaluated"]),
+        prior_state=str(values["priorState"]),
+        usd_link=prim_link(entity_id),
+        layer=specs[0][0],
+        protected=specs[0][0] == PROTECTED_LAYER,
+    )
 
 
 # --- Sdf helpers -------------------------------------------------------------
@@ -658,10 +662,6 @@ def _check_unit(value: object, name: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {number}")
     return number
-
-
-def _check_batch_id(batch_id: object) -> None:
-    _check_text(batch_id, "batch_id")
 
 
 def _validated_ids(entity_ids: Iterable[UUID], arg: str) -> list[UUID]:

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from synth.ledger import ClosureLedger
-from synth.loop import LoopSynthesis, normalise_claim
-from tests.review.synth_fixtures import HASH, make_config, ok, raw, run_loop
+from synth.loop import LoopSynthesis, normalise_claim, rank_key
+from tests.review.synth_fixtures import HASH, bulk_results, make_config, ok, raw, run_loop
 from workers.result import ReviewerResult
 
 
@@ -612,3 +612,97 @@ def test_ledger_round_trips_through_json() -> None:
     )
     assert s3.closure_status == ["closed"]
     assert s3.kept[0].constitution_hash == HASH
+
+
+# --- boundaries not covered above -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "fragment"),
+    [
+        ("/work/main/moneta/api.py", "must be repo-relative, not absolute"),
+        ("../secrets.env", "must not contain '..'"),
+        ("moneta/../../etc/passwd", "must not contain '..'"),
+        ("moneta/missing.py", "not in the reviewed snapshot"),
+        ("moneta/api.py ", "not in the reviewed snapshot"),
+    ],
+)
+def test_adversarial_exempt_from_scope_but_not_from_path_rules(path: str, fragment: str) -> None:
+    s = run_loop([ok("adversarial", 1, [raw("adversarial", 1, "x", file_path=path)])])
+    assert s.kept == [] and s.dropped == []
+    [(_, reason)] = s.invalid
+    assert reason.startswith("file_path: ") and fragment in reason
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"loop": True}, "loop: must be an int, got bool"),  # True == 1 == the loop
+        ({"line_range": [True, True]}, "line_range: start must be an int, got bool"),
+        ({"line_range": [1, True]}, "line_range: end must be an int, got bool"),
+        ({"line_range": [False, 0]}, "line_range: start must be an int, got bool"),
+    ],
+)
+def test_bool_as_int_rejected_through_the_loop(override: dict, reason: str) -> None:
+    item = raw("architect", 1, "b", **override)
+    s = run_loop([ok("architect", 1, [item, raw("architect", 1, "good")])])
+    assert ids(s) == ["architect-L1-good"]
+    assert s.invalid == [(item, reason)]
+    assert s.counts()["invalid"] == 1
+
+
+def test_duplicate_id_rejected_even_when_the_first_is_dropped_by_scope() -> None:
+    first = raw("substrate", 1, "a", file_path="moneta/usd_target.py")  # out of scope
+    second = raw("substrate", 1, "a", claim="another")
+    third = raw("substrate", 1, "a", claim="a third")
+    s = run_loop([ok("substrate", 1, [first, second, third])])
+    assert s.kept == []
+    assert dropped(s) == {"substrate-L1-a": "role-isolation"}
+    assert [r for _, r in s.invalid] == ["id: duplicate id 'substrate-L1-a' in loop 1"] * 2
+    assert s.invalid_origin == [("substrate", 1), ("substrate", 2)]
+
+
+def test_same_claim_touching_ranges_on_other_files_stay_apart() -> None:
+    s = run_loop(
+        [
+            ok(
+                "architect",
+                1,
+                [
+                    raw("architect", 1, "a", line_range=[1, 5], claim="same"),
+                    raw(
+                        "architect",
+                        1,
+                        "b",
+                        line_range=[5, 9],
+                        claim="same",
+                        file_path="moneta/ecs.py",
+                    ),
+                    raw("architect", 1, "c", line_range=[5, 9], claim="Same "),
+                ],
+            )
+        ]
+    )
+    assert ids(s) == ["architect-L1-a", "architect-L1-b"]
+    assert dropped(s) == {"architect-L1-c": "duplicate-of:architect-L1-a"}
+
+
+def test_synthesis_of_10000_raw_findings_in_one_loop() -> None:
+    """Correctness at scale (its time is measured by bench/synth.py, not asserted here)."""
+    bulk = bulk_results(10_000)
+    config = make_config(max_findings_per_reviewer=0)  # 0: no per-reviewer cap
+    s = run_loop(bulk.results, config=config)
+    c = s.counts()
+    assert bulk.raw == c["raw"] == 10_000
+    assert c["invalid"] == bulk.invalid == 504
+    assert c["dropped"]["role-isolation"] == bulk.role_isolation == 434
+    assert {f.id for f in s.kept} == bulk.expected_kept()
+    assert len(s.kept) == len(bulk.groups)
+    assert {f.id: r for f, r in s.dropped if r != "role-isolation"} == bulk.expected_duplicates()
+    assert c["kept"] + c["dropped"]["duplicate"] + c["dropped"]["role-isolation"] == c["valid"]
+    assert c["valid"] + c["invalid"] == 10_000
+    theme = make_config().theme_for(1)
+    order = make_config().role_order
+    keys = [rank_key(f, theme, order) for f in s.kept]
+    assert keys == sorted(keys)
+    assert len(s.markdown.splitlines()) > len(s.kept)

@@ -140,6 +140,7 @@ def test_vectorised_reducer_matches_a_row_by_row_reference() -> None:
     u, lst, att = _reference(utility, last, floor, attended, events, 1500.0, rate)
     np.testing.assert_allclose(cols.utility, u, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(cols.attended, att)
+    np.testing.assert_array_equal(cols.last_evaluated, lst)
     assert int(cols.attended.sum() - attended.sum()) == k
     untouched = np.setdiff1d(np.arange(n), touched)
     np.testing.assert_array_equal(cols.last_evaluated[untouched], last[untouched])

@@ -239,7 +239,7 @@ def test_sequential_writer_leaves_the_index_untouched_when_authoring_fails() -> 
         [
             VectorRecord(m.entity_id, vectors[i], m.payload, 0.2, 3, 0.0, 1.0, EntityState.VOLATILE)
             for i, m in enumerate(memories)
-        ]  # fmt: skip
+        ]
     )
     index.commit()
     target = FlakyTarget(fail={1})

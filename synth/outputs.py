@@ -18,10 +18,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import ReviewConfig
 from synth.final import render_final
 from synth.ledger import ClosureLedger
 from synth.loop import DUPLICATE_PREFIX, LoopSynthesis
 from synth.render import USAGE_KEYS, reviewer_state
+from synth.sarif import dumps_sarif, render_sarif
 from synth.schema import Finding
 from workers.result import ReviewerResult
 
@@ -30,6 +32,7 @@ INVALID = "findings.invalid.jsonl"
 DROPPED = "findings.dropped.jsonl"
 LOOPS = "loops.jsonl"
 SYNTHESIS = "synthesis.md"
+SARIF = "synthesis.sarif"
 
 
 def loop_markdown_name(synthesis: LoopSynthesis) -> str:
@@ -193,8 +196,12 @@ def write_final(
     constitution_hash: str,
     usage_totals: dict[str, int] | None = None,
     failed_reviewers: Sequence[ReviewerResult] | None = None,
+    config: ReviewConfig | None = None,
 ) -> Path:
-    """Write `synthesis.md` from the files on disk and return its path.
+    """Write the final outputs from the files on disk; return the `synthesis.md` path.
+
+    Besides `synthesis.md` it writes `synthesis.sarif` (SARIF 2.1.0); `config`, when
+    given, names the roles in the SARIF rules (role prefixes are used otherwise).
 
     `syntheses`, if given, must already be written (ValueError otherwise), and
     `ledger`, if given, must agree with the closures the files record: either
@@ -224,14 +231,26 @@ def write_final(
             failures.append({"loop": r.loop, **reviewer_record(r)})
             seen.add((r.loop, r.role))
     failures.sort(key=lambda f: (f["loop"], f["role"]))
+    loops = sorted(loops, key=lambda r: r["loop"])
+    findings = load_findings(out_dir)
     text = render_final(
-        loops=sorted(loops, key=lambda r: r["loop"]),
-        findings=load_findings(out_dir),
+        loops=loops,
+        findings=findings,
         ledger=disk_ledger,
         constitution_hash=constitution_hash,
         usage_totals=usage_totals,
         failures=failures,
     )
+    sarif = render_sarif(
+        loops=loops,
+        findings=findings,
+        ledger=disk_ledger,
+        constitution_hash=constitution_hash,
+        failures=failures,
+        config=config,
+    )
+    atomic_write_text(out_dir / SARIF, dumps_sarif(sarif))
     path = out_dir / SYNTHESIS
+    # Last: synthesis.md present means the other final files are too.
     atomic_write_text(path, text)
     return path

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from orchestrator.toml_lines import KeyLocator, KeyPath
 
@@ -38,6 +39,53 @@ class Theme:
 
 
 @dataclass(frozen=True, slots=True)
+class PathInstruction:
+    """Extra directive text for reviewers whose scope can reach files matching `paths`.
+
+    `roles` narrows it to those role prefixes (empty: every role the paths concern).
+    """
+
+    paths: tuple[str, ...]
+    instruction: str
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseControls:
+    """What a run keeps of the valid, in-scope, deduplicated findings (see `synth.noise`).
+
+    A limit of 0 means none. `include`/`exclude` are path globs over `file_path`.
+    The defaults keep everything, so a config without a `[noise]` table changes nothing.
+    """
+
+    min_severity: str = "Note"
+    max_findings_per_loop: int = 0
+    max_findings_per_role: int = 0
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = ()
+    path_instructions: tuple[PathInstruction, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NoiseControls:
+        """Inverse of `dataclasses.asdict` (lists back to tuples)."""
+        return cls(
+            min_severity=data.get("min_severity", "Note"),
+            max_findings_per_loop=int(data.get("max_findings_per_loop", 0)),
+            max_findings_per_role=int(data.get("max_findings_per_role", 0)),
+            include=tuple(data.get("include", ("**",))),
+            exclude=tuple(data.get("exclude", ())),
+            path_instructions=tuple(
+                PathInstruction(
+                    paths=tuple(p["paths"]),
+                    instruction=p["instruction"],
+                    roles=tuple(p.get("roles", ())),
+                )
+                for p in data.get("path_instructions", ())
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ReviewConfig:
     """Everything a run needs besides the repository and the model's answers.
 
@@ -62,7 +110,13 @@ class ReviewConfig:
     retry_initial_delay: float = 1.0
     retry_max_delay: float = 30.0
     request_timeout: float = 600.0
+    noise: NoiseControls = field(default_factory=NoiseControls)
     extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A config rebuilt from JSON (e.g. carried by a queued job) holds a plain dict.
+        if isinstance(self.noise, dict):
+            object.__setattr__(self, "noise", NoiseControls.from_dict(self.noise))
 
     @property
     def role_reviewers(self) -> tuple[Role, ...]:
@@ -87,6 +141,41 @@ class ReviewConfig:
             if t.loop == loop:
                 return t
         raise KeyError(loop)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, so a queued job can carry the exact config it runs under."""
+        data = asdict(self)
+        data["constitution_path"] = str(self.constitution_path)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReviewConfig:
+        """Inverse of `to_dict` (lists back to tuples, the path back to a Path)."""
+        kw = dict(data)
+        kw["roles"] = tuple(
+            Role(
+                prefix=r["prefix"],
+                name=r["name"],
+                scope=tuple(r["scope"]),
+                directive=r["directive"],
+                exempt_from_scope=bool(r["exempt_from_scope"]),
+            )
+            for r in data["roles"]
+        )
+        kw["themes"] = tuple(
+            Theme(
+                loop=int(t["loop"]),
+                slug=t["slug"],
+                title=t["title"],
+                lead_roles=tuple(t["lead_roles"]),
+                lens=t["lens"],
+            )
+            for t in data["themes"]
+        )
+        kw["constitution_path"] = Path(data["constitution_path"])
+        kw["snapshot_include"] = tuple(data["snapshot_include"])
+        kw["snapshot_exclude"] = tuple(data["snapshot_exclude"])
+        return cls(**kw)
 
 
 @lru_cache(maxsize=1024)
@@ -155,7 +244,22 @@ _RUN_KEYS = {
 _SNAPSHOT_KEYS = {"include", "exclude", "max_bytes"}
 _ROLE_KEYS = {"prefix", "name", "scope", "directive", "adversarial"}
 _THEME_KEYS = {"loop", "slug", "title", "lead_roles", "lens"}
-_TOP_KEYS = {"run": "table", "snapshot": "table", "roles": "array", "themes": "array"}
+_NOISE_KEYS = {
+    "min_severity",
+    "max_findings_per_loop",
+    "max_findings_per_role",
+    "include",
+    "exclude",
+    "path_instructions",
+}
+_PATH_INSTRUCTION_KEYS = {"paths", "instruction", "roles"}
+_TOP_KEYS = {
+    "run": "table",
+    "snapshot": "table",
+    "noise": "table",
+    "roles": "array",
+    "themes": "array",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +445,68 @@ def _check_snapshot(ck: _Checker, snap: dict[str, object], out: dict[str, object
         )
 
 
+def _check_noise(
+    ck: _Checker, noise: dict[str, object], out: dict[str, object], prefixes: set[str] | None
+) -> None:
+    """The `[noise]` table: what a run keeps, and per-path reviewer instructions."""
+    from synth.schema import SEVERITIES  # the finding schema's one home
+
+    p: KeyPath = ("noise",)
+    ck.unknown_keys(p, noise, _NOISE_KEYS)
+    kw: dict[str, object] = {}
+    good = True
+    if "min_severity" in noise:
+        kw["min_severity"] = ck.choice((*p, "min_severity"), noise["min_severity"], SEVERITIES)
+    for key in ("max_findings_per_loop", "max_findings_per_role"):
+        if key in noise:
+            kw[key] = ck.integer((*p, key), noise[key], 0, 100_000)
+    for key in ("include", "exclude"):
+        if key in noise:
+            kw[key] = ck.globs((*p, key), noise[key])
+    if "include" in noise and kw["include"] == ():
+        ck.add((*p, "include"), "must list at least one glob (omit it to keep every path)")
+        good = False
+    entries = noise.get("path_instructions", [])
+    built: list[PathInstruction] = []
+    if not isinstance(entries, list):
+        ck.add((*p, "path_instructions"), "must be one or more [[noise.path_instructions]] tables")
+        entries, good = [], False
+    for i, raw in enumerate(entries):
+        ep: KeyPath = (*p, "path_instructions", i)
+        if not isinstance(raw, dict):
+            ck.add(ep, "must be a table ([[noise.path_instructions]])")
+            good = False
+            continue
+        ck.unknown_keys(ep, raw, _PATH_INSTRUCTION_KEYS)
+        missing = [k for k in ("paths", "instruction") if k not in raw]
+        if missing:
+            ck.add(ep, f"missing required key(s): {', '.join(missing)}")
+            good = False
+        paths = ck.globs((*ep, "paths"), raw["paths"]) if "paths" in raw else None
+        if paths == ():
+            ck.add((*ep, "paths"), "must list at least one glob")
+            paths = None
+        text = ck.string((*ep, "instruction"), raw["instruction"]) if "instruction" in raw else None
+        roles: tuple[str, ...] | None = ()
+        if "roles" in raw:
+            roles = ck.string_list((*ep, "roles"), raw["roles"])
+            for role in roles or ():
+                if prefixes is not None and role not in prefixes:
+                    ck.add(
+                        (*ep, "roles"),
+                        f"unknown role {role!r}; roles are {', '.join(sorted(prefixes))}",
+                        needle=f'"{role}"',
+                    )
+                    roles = None
+                    break
+        if paths is None or text is None or roles is None:
+            good = False
+            continue
+        built.append(PathInstruction(paths, text, roles))
+    if good and None not in kw.values():
+        out["noise"] = NoiseControls(**kw, path_instructions=tuple(built))  # type: ignore[arg-type]
+
+
 def _check_roles(ck: _Checker, roles: list[object]) -> list[Role] | None:
     built: list[Role] = []
     seen: dict[str, int] = {}
@@ -508,6 +674,9 @@ def _check_document(ck: _Checker, doc: dict[str, object]) -> ReviewConfig | None
         if isinstance(roles_raw, list)
         else None
     )
+    noise = doc.get("noise", {})
+    if isinstance(noise, dict):
+        _check_noise(ck, noise, out, prefixes)
     if themes_raw is None:
         ck.add(("themes",), "missing [[themes]] tables")
     elif isinstance(themes_raw, list) and themes_raw:

@@ -16,6 +16,8 @@ class ReviewerResult:
     `status="ok"` means the model answered; `findings_raw` is then the extracted JSON
     array (or None with `extraction_error` saying why nothing was extracted).
     `status="failed"` means every attempt failed; `error` says why.
+    `findings_over_limit` counts items the model returned beyond the per-reviewer
+    limit; they are cut off at extraction and never reach the synthesis.
     """
 
     role: str
@@ -26,6 +28,7 @@ class ReviewerResult:
     error: str | None = None
     attempts: int = 0
     usage: dict[str, int] = field(default_factory=dict)  # input, output, cache_write, cache_read
+    findings_over_limit: int = 0  # items past the per-reviewer limit, not passed on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

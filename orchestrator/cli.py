@@ -1,0 +1,232 @@
+"""`moneta-review`: run a review, or check a review configuration.
+
+    moneta-review run [--repo PATH] [--config FILE] [--out DIR] [--resume | --fresh]
+                      [--max-loops N] [--dry-run] [--backend NAME] [--model ID]
+    moneta-review config check FILE [--repo PATH]
+    moneta-review config default
+
+Exit status: 0 done; 1 the run failed or could not start (the message says why and
+what to do); 2 bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from orchestrator.checkpoint import CheckpointError
+from orchestrator.config import (
+    BACKENDS,
+    ConfigError,
+    ReviewConfig,
+    check_config_text,
+    default_config_path,
+    load_config,
+    match_glob,
+)
+from orchestrator.plan import DriftError, dry_run_plan, prepare_run
+from orchestrator.run import RunError, RunOptions, run_review
+from orchestrator.snapshot import SnapshotError
+from workers.backends import NoBackendAvailable, resolve_backend
+
+
+def _load(config_file: Path | None) -> ReviewConfig:
+    try:
+        return load_config(config_file)
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid configuration:\n{exc}") from exc
+
+
+def _echo_event(event: dict[str, Any]) -> None:
+    kind = event["event"]
+    if kind == "run_start":
+        loops = ", ".join(map(str, event["loops"])) or "none left"
+        msg = (
+            f"review: backend {event['backend']}, model {event['model']}, constitution "
+            f"{event['constitution_hash']}, snapshot {event['snapshot_files']} files / "
+            f"{event['snapshot_bytes']:,} bytes; loops to run: {loops}"
+        )
+    elif kind == "loop_start":
+        msg = f"loop {event['loop']} ({event['theme']}): reviewers running"
+    elif kind == "reviewer_done":
+        if event["status"] == "failed":
+            msg = (
+                f"  {event['role']}: FAILED after {event['attempts']} attempt(s): {event['error']}"
+            )
+        elif event["findings"] is None:
+            msg = f"  {event['role']}: no findings extracted: {event['error']}"
+        else:
+            msg = (
+                f"  {event['role']}: {event['findings']} finding(s), {event['attempts']} attempt(s)"
+            )
+    elif kind == "loop_done":
+        c = event["counts"]
+        msg = (
+            f"loop {event['loop']} done: {c['raw']} raw, {c['kept']} kept, {c['invalid']} invalid, "
+            f"{c['reviewers_failed']} reviewer(s) failed"
+        )
+    elif kind == "resumed":
+        msg = f"resuming after loop(s) {', '.join(map(str, event['completed_loops'])) or 'none'}"
+    elif kind == "resume_nothing":
+        msg = f"nothing to resume in {event['out_dir']}: starting a new run"
+    elif kind == "cleared":
+        msg = f"removed {len(event['files'])} file(s) of an earlier run"
+    elif kind == "run_done":
+        msg = f"synthesis: {event['synthesis']} ({event['calls']} model call(s) in this run)"
+    else:
+        msg = json.dumps(event)
+    click.echo(msg, err=True)
+
+
+@click.group()
+def main() -> None:
+    """Multi-agent code review of a repository under a hashed constitution."""
+
+
+@main.command()
+@click.option(
+    "--repo",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Repository to review.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Review configuration (TOML). Default: the packaged one for this repository.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("docs/review"),
+    show_default=True,
+    help="Output directory (relative paths resolve against --repo).",
+)
+@click.option("--resume", is_flag=True, help="Continue after the last completed loop.")
+@click.option("--fresh", is_flag=True, help="Discard an earlier run in --out and start over.")
+@click.option("--max-loops", type=click.IntRange(min=1), default=None, help="Stop after loop N.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Assemble every prompt and report sizes, token and cost estimates; call no model.",
+)
+@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Override run.backend.")
+@click.option("--model", default=None, help="Override run.model.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="Calls in flight.")
+def run(
+    repo: Path,
+    config_file: Path | None,
+    out_dir: Path,
+    resume: bool,
+    fresh: bool,
+    max_loops: int | None,
+    dry_run: bool,
+    backend: str | None,
+    model: str | None,
+    concurrency: int | None,
+) -> None:
+    """Review --repo in themed loops and write findings and syntheses to --out."""
+    if resume and fresh:
+        raise click.UsageError("--resume and --fresh exclude each other")
+    config = _load(config_file)
+    overrides: dict[str, Any] = {}
+    if model:
+        overrides["model"] = model
+    if concurrency:
+        overrides["concurrency"] = concurrency
+    if backend:
+        overrides["backend"] = backend
+    config = replace(config, **overrides) if overrides else config
+    try:
+        if dry_run:
+            inputs = prepare_run(repo, config, out_dir)
+            click.echo(json.dumps(dry_run_plan(inputs, max_loops), indent=1))
+            return
+        resolve_backend(config.backend)  # fail before any work if no model is reachable
+        options = RunOptions(
+            repo=repo,
+            config=config,
+            out_dir=out_dir,
+            resume=resume,
+            fresh=fresh,
+            max_loops=max_loops,
+        )
+        report = anyio.run(lambda: run_review(options, on_event=_echo_event))
+    except NoBackendAvailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    except DriftError as exc:
+        raise click.ClickException(f"{exc} (the checkpoint is unchanged)") from exc
+    except (RunError, SnapshotError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if report.failed_reviewers:
+        click.echo(
+            f"warning: {len(report.failed_reviewers)} reviewer call(s) failed every attempt; "
+            "see the loop files",
+            err=True,
+        )
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect review configurations."""
+
+
+@config_group.command("check")
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--repo",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Also check the constitution, the snapshot budget and role scopes against it.",
+)
+def config_check(config_file: Path, repo: Path | None) -> None:
+    """Report every problem of CONFIG_FILE as FILE:LINE: message."""
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{config_file}: cannot read: {exc}") from exc
+    config, problems = check_config_text(text, str(config_file))
+    for p in problems:
+        click.echo(str(p))
+    if problems or config is None:
+        raise click.ClickException(f"{len(problems)} problem(s) in {config_file}")
+    notes: list[str] = []
+    if repo is not None:
+        try:
+            inputs = prepare_run(repo, config, Path("docs/review"))
+        except (SnapshotError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        paths = sorted(inputs.snapshot_paths)
+        for role in config.role_reviewers:
+            if not any(match_glob(g, p) for g in role.scope for p in paths):
+                notes.append(f"warning: role {role.prefix!r}: its scope matches no snapshot file")
+        notes.append(
+            f"snapshot: {len(paths)} files, {inputs.snapshot.size:,} bytes "
+            f"(budget {config.snapshot_max_bytes:,}); constitution {inputs.constitution_hash}"
+        )
+    for n in notes:
+        click.echo(n)
+    click.echo(
+        f"{config_file}: ok ({len(config.role_reviewers)} role reviewers + adversarial, "
+        f"{len(config.themes)} loops, model {config.model})"
+    )
+
+
+@config_group.command("default")
+def config_default() -> None:
+    """Print the packaged default configuration (a starting point for your own)."""
+    sys.stdout.write(default_config_path().read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,480 @@
+"""A scriptable Messages-API server on loopback, for driving the real `anthropic` SDK.
+
+It speaks the parts of `POST /v1/messages` a reviewer call uses — streaming (SSE)
+and plain JSON — and lets a test script each request: latency, HTTP errors (529,
+429, 400, ...) with `retry-after`, and the answer text chosen from the request's
+role and loop (read from the prompt's `<assignment role=".." loop="..">` tag).
+Every request body is recorded byte for byte.
+
+Prompt caching is simulated the way the API documents it: each `cache_control`
+breakpoint ends a cacheable prefix (tools, system, then messages, in order); a
+prefix becomes readable only once a response to a request carrying it has
+*started* (the `message_start` event), lives for its TTL (refreshed on a hit), and
+nothing below `min_cacheable_tokens` is cached. Usage reports
+`cache_creation_input_tokens` for the part written and `cache_read_input_tokens`
+for the part read; tokens are estimated as UTF-8 bytes / `bytes_per_token`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ASSIGNMENT_RE = re.compile(r'<assignment role="([a-z]+)" loop="(\d+)"')
+EMPTY_ANSWER = "Nothing to report.\n\n```json\n[]\n```\n"
+
+AnswerFn = Callable[[str | None, int | None, dict[str, Any]], str]
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass(slots=True)
+class Reply:
+    """One scripted response. `status` != 200 sends an API error body."""
+
+    status: int = 200
+    text: str | None = None  # answer text; None: the stub's answer function decides
+    retry_after: str | None = None
+    latency: float | None = None  # seconds; None: the stub's default
+    stop_reason: str = "end_turn"
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    """A request as received, with what the stub answered."""
+
+    body: bytes
+    payload: dict[str, Any]
+    role: str | None
+    loop: int | None
+    received_at: float
+    headers: dict[str, str]
+    status: int = 0
+    usage: dict[str, int] | None = None
+    answered_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Rule:
+    role: str | None
+    loop: int | None
+    replies: list[Reply]
+
+    def matches(self, role: str | None, loop: int | None) -> bool:
+        return (self.role is None or self.role == role) and (self.loop is None or self.loop == loop)
+
+
+@dataclass(slots=True)
+class _Hold:
+    role: str | None
+    loop: int | None
+    gate: threading.Event = field(default_factory=threading.Event)
+    waiting: int = 0
+    drop: bool = False
+
+
+def _assignment(payload: dict[str, Any]) -> tuple[str | None, int | None]:
+    """Role and loop from the last `<assignment>` tag of the request's user text."""
+    found: tuple[str | None, int | None] = (None, None)
+    for message in payload.get("messages", []):
+        content = message.get("content")
+        texts = (
+            [content]
+            if isinstance(content, str)
+            else [b.get("text", "") for b in content or [] if isinstance(b, dict)]
+        )
+        for text in texts:
+            for m in ASSIGNMENT_RE.finditer(text or ""):
+                found = (m.group(1), int(m.group(2)))
+    return found
+
+
+def _blocks(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Prompt blocks in cache order: tools, system, then each message's content."""
+    blocks: list[dict[str, Any]] = [dict(t) for t in payload.get("tools", []) or []]
+    system = payload.get("system")
+    if isinstance(system, str):
+        blocks.append({"type": "text", "text": system})
+    elif isinstance(system, list):
+        blocks.extend(dict(b) for b in system)
+    for message in payload.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            blocks.append({"type": "text", "text": content, "_role": message.get("role")})
+        else:
+            for b in content or []:
+                blocks.append({**b, "_role": message.get("role")})
+    return blocks
+
+
+class MessagesStub:
+    """The server. Use as a context manager; `url` is the base URL for the SDK."""
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        first_event_delay: float = 0.0,
+        answer: AnswerFn | None = None,
+        min_cacheable_tokens: int = 1024,
+        bytes_per_token: float = 4.0,
+    ) -> None:
+        self.latency = latency
+        self.first_event_delay = first_event_delay
+        self.answer: AnswerFn = answer or (lambda role, loop, payload: EMPTY_ANSWER)
+        self.min_cacheable_tokens = min_cacheable_tokens
+        self.bytes_per_token = bytes_per_token
+        self.requests: list[RecordedRequest] = []
+        self.answer_errors: list[str] = []
+        self._rules: list[_Rule] = []
+        self._holds: list[_Hold] = []
+        self._cache: dict[str, float] = {}  # prefix key -> expiry (monotonic seconds)
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> MessagesStub:
+        stub = self
+
+        class Handler(_Handler):
+            owner = stub
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.release(drop=True)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> MessagesStub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "stub not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # --- scripting -------------------------------------------------------------------
+
+    def script(
+        self, replies: list[Reply], *, role: str | None = None, loop: int | None = None
+    ) -> None:
+        """Answer the next requests matching (role, loop) with `replies`, in order."""
+        with self._lock:
+            self._rules.append(_Rule(role, loop, list(replies)))
+
+    def hold(self, *, role: str | None = None, loop: int | None = None) -> None:
+        """Keep matching requests waiting, before any byte is answered, until `release`."""
+        with self._lock:
+            self._holds.append(_Hold(role, loop))
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(h.waiting for h in self._holds)
+
+    def release(self, *, drop: bool = False) -> None:
+        """Let held requests go on, or with `drop` close them unanswered (no cache entry)."""
+        with self._lock:
+            for h in self._holds:
+                h.drop = drop
+                h.gate.set()
+            self._holds = []
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    # --- what happened -----------------------------------------------------------------
+
+    def recorded(self, *, status: int | None = None) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if status is None or r.status == status]
+
+    def usage_totals(self) -> dict[str, int]:
+        total = {"input": 0, "output": 0, "cache_write": 0, "cache_read": 0}
+        for r in self.recorded(status=200):
+            for k in total:
+                total[k] += (r.usage or {}).get(k, 0)
+        return total
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _next_reply(self, role: str | None, loop: int | None) -> Reply:
+        with self._lock:
+            for rule in self._rules:
+                if rule.replies and rule.matches(role, loop):
+                    return rule.replies.pop(0)
+        return Reply()
+
+    def _hold_for(self, role: str | None, loop: int | None) -> _Hold | None:
+        with self._lock:
+            for h in self._holds:
+                if (h.role is None or h.role == role) and (h.loop is None or h.loop == loop):
+                    h.waiting += 1
+                    return h
+        return None
+
+    def _tokens(self, block: dict[str, Any]) -> int:
+        text = block.get("text")
+        if not isinstance(text, str):
+            text = json.dumps({k: v for k, v in block.items() if k != "cache_control"})
+        return math.ceil(len(text.encode("utf-8")) / self.bytes_per_token)
+
+    def _cache_plan(self, payload: dict[str, Any]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        """Usage of a request and the (prefix key, ttl) entries its response creates."""
+        blocks = _blocks(payload)
+        model = str(payload.get("model"))
+        digest = hashlib.sha256(model.encode())
+        cumulative: list[int] = []
+        keys: list[str] = []
+        total = 0
+        breakpoints: list[tuple[int, str]] = []
+        for i, block in enumerate(blocks):
+            cc = block.get("cache_control")
+            canonical = {k: v for k, v in block.items() if k != "cache_control"}
+            digest.update(json.dumps(canonical, sort_keys=True).encode())
+            total += self._tokens(block)
+            cumulative.append(total)
+            keys.append(digest.copy().hexdigest())
+            if isinstance(cc, dict):
+                breakpoints.append((i, str(cc.get("ttl", "5m"))))
+        now = time.monotonic()
+        read = 0
+        with self._lock:
+            for i, _ttl in reversed(breakpoints):
+                expiry = self._cache.get(keys[i])
+                if expiry is not None and expiry > now:
+                    read = cumulative[i]
+                    break
+        creates = [
+            (keys[i], ttl) for i, ttl in breakpoints if cumulative[i] >= self.min_cacheable_tokens
+        ]
+        last = max((cumulative[i] for i, _ in breakpoints), default=0)
+        cached_total = last if last >= self.min_cacheable_tokens else 0
+        write = max(0, cached_total - read)
+        usage = {
+            "input": total - read - write,
+            "cache_write": write,
+            "cache_read": read,
+            "output": 0,
+        }
+        return usage, creates
+
+    def _register(self, creates: list[tuple[str, str]]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key, ttl in creates:
+                self._cache[key] = now + (3600.0 if ttl == "1h" else 300.0)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: MessagesStub
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def do_POST(self) -> None:
+        stub = self.owner
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length)
+        received = time.monotonic()
+        try:
+            payload = json.loads(body)
+        except json.JSONDecodeError:
+            payload = {}
+        role, loop = _assignment(payload) if isinstance(payload, dict) else (None, None)
+        record = RecordedRequest(
+            body=body,
+            payload=payload if isinstance(payload, dict) else {},
+            role=role,
+            loop=loop,
+            received_at=received,
+            headers={k.lower(): v for k, v in self.headers.items()},
+        )
+        with stub._lock:
+            stub.requests.append(record)
+        if self.path.split("?")[0] != "/v1/messages":
+            self._error(record, 404, None, f"no route {self.path}")
+            return
+        hold = stub._hold_for(role, loop)
+        if hold is not None:
+            hold.gate.wait(timeout=120)
+            if hold.drop or not hold.gate.is_set():
+                record.status = -1  # abandoned: the client went away while it was held
+                self.close_connection = True
+                return
+        reply = stub._next_reply(role, loop)
+        latency = stub.latency if reply.latency is None else reply.latency
+        if reply.status != 200:
+            if latency:
+                time.sleep(latency)
+            self._error(record, reply.status, reply.retry_after, "scripted error")
+            return
+        try:
+            text = reply.text if reply.text is not None else stub.answer(role, loop, record.payload)
+        except Exception as exc:  # a broken answer function is a test bug: make it loud
+            with stub._lock:
+                stub.answer_errors.append(f"{type(exc).__name__}: {exc}")
+            self._error(record, 500, None, f"stub answer function raised {exc!r}")
+            return
+        usage, creates = stub._cache_plan(record.payload)
+        usage["output"] = max(1, math.ceil(len(text.encode()) / stub.bytes_per_token))
+        record.usage = usage
+        record.status = 200
+        try:
+            if record.payload.get("stream"):
+                self._stream(stub, record, text, reply, usage, creates, latency)
+            else:
+                time.sleep(stub.first_event_delay + latency)
+                stub._register(creates)
+                self._json(200, self._message(record, text, reply, usage))
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        record.answered_at = time.monotonic()
+
+    def _message(
+        self, record: RecordedRequest, text: str, reply: Reply, usage: dict[str, int]
+    ) -> dict[str, Any]:
+        return {
+            "id": f"msg_stub_{len(self.owner.requests)}",
+            "type": "message",
+            "role": "assistant",
+            "model": record.payload.get("model", "stub"),
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": reply.stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": usage["input"],
+                "output_tokens": usage["output"],
+                "cache_creation_input_tokens": usage["cache_write"],
+                "cache_read_input_tokens": usage["cache_read"],
+            },
+        }
+
+    def _json(
+        self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.send_header("request-id", f"req_stub_{id(obj)}")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _error(
+        self, record: RecordedRequest, status: int, retry_after: str | None, message: str
+    ) -> None:
+        record.status = status
+        record.answered_at = time.monotonic()
+        kind = ERROR_TYPES.get(status, "api_error")
+        headers = {"retry-after": retry_after} if retry_after is not None else {}
+        try:
+            self._json(
+                status,
+                {"type": "error", "error": {"type": kind, "message": f"{message} ({status})"}},
+                headers,
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    def _chunk(self, event: str, data: dict[str, Any]) -> None:
+        raw = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+        self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+        self.wfile.flush()
+
+    def _stream(
+        self,
+        stub: MessagesStub,
+        record: RecordedRequest,
+        text: str,
+        reply: Reply,
+        usage: dict[str, int],
+        creates: list[tuple[str, str]],
+        latency: float,
+    ) -> None:
+        if stub.first_event_delay:
+            time.sleep(stub.first_event_delay)
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("request-id", f"req_stub_{id(record)}")
+        self.end_headers()
+        message = self._message(record, "", reply, usage)
+        message["content"] = []
+        message["stop_reason"] = None
+        message["usage"]["output_tokens"] = 1
+        # The response has started: from here on its prefixes are readable from the cache.
+        stub._register(creates)
+        self._chunk("message_start", {"type": "message_start", "message": message})
+        if latency:
+            time.sleep(latency)
+        self._chunk(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+        self._chunk(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text},
+            },
+        )
+        self._chunk("content_block_stop", {"type": "content_block_stop", "index": 0})
+        self._chunk(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                "usage": {
+                    "output_tokens": usage["output"],
+                    "input_tokens": usage["input"],
+                    "cache_creation_input_tokens": usage["cache_write"],
+                    "cache_read_input_tokens": usage["cache_read"],
+                },
+            },
+        )
+        self._chunk("message_stop", {"type": "message_stop"})
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()

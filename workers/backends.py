@@ -1,0 +1,217 @@
+"""Model backends: the Anthropic Messages API (official SDK) and the `claude -p` CLI.
+
+A backend makes one attempt; retries belong to `workers.retry`. Both report token
+usage as {input, output, cache_write, cache_read} and call `on_started` once the
+model's response has begun — the moment a prompt-cache entry exists — so the
+orchestrator can warm the shared prefix with one call before fanning out the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import anthropic
+import anyio
+
+from workers.prompts import ReviewerPrompt
+from workers.retry import ModelCallError
+
+BACKEND_NAMES = ("anthropic", "claude-cli")
+USAGE_KEYS = ("input", "output", "cache_write", "cache_read")
+
+OnStarted = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    """How to call the model: JSON-ready so it can travel in a queued job."""
+
+    backend: str
+    model: str
+    max_tokens: int
+    max_findings: int = 25
+    max_attempts: int = 3
+    retry_initial_delay: float = 1.0
+    retry_max_delay: float = 30.0
+    request_timeout: float = 600.0
+    claude_executable: str = "claude"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallSettings:
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAnswer:
+    text: str
+    stop_reason: str | None
+    usage: dict[str, int]
+
+
+class Backend(Protocol):
+    async def complete(self, prompt: ReviewerPrompt, on_started: OnStarted | None) -> ModelAnswer:
+        """One attempt at one reviewer call."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def zero_usage() -> dict[str, int]:
+    return dict.fromkeys(USAGE_KEYS, 0)
+
+
+class AnthropicBackend:
+    """Streams `messages.create` through `AsyncAnthropic`.
+
+    The client reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL from the environment
+    and is built with `max_retries=0`: our retry policy is the only one.
+    """
+
+    def __init__(self, settings: CallSettings, client: anthropic.AsyncAnthropic | None = None):
+        self.settings = settings
+        self.client = client or anthropic.AsyncAnthropic(
+            max_retries=0, timeout=settings.request_timeout
+        )
+
+    async def complete(self, prompt: ReviewerPrompt, on_started: OnStarted | None) -> ModelAnswer:
+        request = prompt.messages_request()
+        async with self.client.messages.stream(
+            model=self.settings.model,
+            max_tokens=self.settings.max_tokens,
+            system=request["system"],
+            messages=request["messages"],
+        ) as stream:
+            started = False
+            async for _event in stream:
+                if not started:
+                    started = True
+                    if on_started is not None:
+                        on_started()
+            message = await stream.get_final_message()
+        text = "".join(b.text for b in message.content if getattr(b, "type", None) == "text")
+        u = message.usage
+        usage = {
+            "input": u.input_tokens or 0,
+            "output": u.output_tokens or 0,
+            "cache_write": u.cache_creation_input_tokens or 0,
+            "cache_read": u.cache_read_input_tokens or 0,
+        }
+        return ModelAnswer(text, message.stop_reason, usage)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class ClaudeCliBackend:
+    """Runs `claude -p --output-format json` with the whole prompt on stdin.
+
+    The CLI has no separate cacheable blocks; it gets the same text in the same
+    order (shared parts first), so its own prompt caching sees a stable prefix.
+    """
+
+    def __init__(self, settings: CallSettings) -> None:
+        self.settings = settings
+
+    def command(self) -> list[str]:
+        exe = shutil.which(self.settings.claude_executable)
+        if exe is None:
+            raise ModelCallError(
+                f"`{self.settings.claude_executable}` is not on PATH", retryable=False
+            )
+        return [exe, "-p", "--output-format", "json", "--model", self.settings.model]
+
+    async def complete(self, prompt: ReviewerPrompt, on_started: OnStarted | None) -> ModelAnswer:
+        command = self.command()
+        stdin = prompt.plain_text().encode("utf-8")
+        with anyio.fail_after(self.settings.request_timeout):
+            result = await anyio.run_process(command, input=stdin, check=False)
+        if on_started is not None:
+            on_started()
+        stderr = result.stderr.decode("utf-8", "replace").strip()
+        if result.returncode != 0:
+            raise ModelCallError(
+                f"claude exited with status {result.returncode}: {stderr[-500:]}", retryable=True
+            )
+        return parse_cli_output(result.stdout.decode("utf-8", "replace"))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def parse_cli_output(stdout: str) -> ModelAnswer:
+    """The answer and usage from `claude -p --output-format json` (plain text accepted)."""
+    try:
+        envelope = json.loads(stdout)
+    except json.JSONDecodeError:
+        return ModelAnswer(stdout, None, zero_usage())
+    if not isinstance(envelope, dict) or "result" not in envelope:
+        return ModelAnswer(stdout, None, zero_usage())
+    if envelope.get("is_error"):
+        raise ModelCallError(
+            f"claude reported an error: {str(envelope.get('result'))[:500]}", retryable=True
+        )
+    raw = envelope.get("usage") or {}
+    usage = {
+        "input": int(raw.get("input_tokens") or 0),
+        "output": int(raw.get("output_tokens") or 0),
+        "cache_write": int(raw.get("cache_creation_input_tokens") or 0),
+        "cache_read": int(raw.get("cache_read_input_tokens") or 0),
+    }
+    stop = envelope.get("stop_reason")
+    return ModelAnswer(str(envelope["result"]), stop if isinstance(stop, str) else None, usage)
+
+
+def make_backend(settings: CallSettings) -> Backend:
+    if settings.backend == "anthropic":
+        return AnthropicBackend(settings)
+    if settings.backend == "claude-cli":
+        return ClaudeCliBackend(settings)
+    raise ValueError(
+        f"backend: must be one of {', '.join(BACKEND_NAMES)}, got {settings.backend!r}"
+    )
+
+
+class NoBackendAvailable(RuntimeError):
+    """Neither an API key nor the `claude` CLI is available."""
+
+
+NO_BACKEND_MESSAGE = (
+    "no model backend available: set ANTHROPIC_API_KEY (e.g. `export "
+    "ANTHROPIC_API_KEY=sk-ant-...`; ANTHROPIC_BASE_URL selects another endpoint) to use "
+    "the Anthropic API, or install and log in to the Claude Code CLI so `claude` is on "
+    "PATH (--backend claude-cli). To see the prompts, sizes and estimated cost without "
+    "calling a model, use --dry-run."
+)
+
+
+def resolve_backend(requested: str, claude_executable: str = "claude") -> str:
+    """The concrete backend for `requested` (auto/anthropic/claude-cli) in this environment."""
+    has_key = bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN"))
+    has_cli = shutil.which(claude_executable) is not None
+    if requested == "auto":
+        if has_key:
+            return "anthropic"
+        if has_cli:
+            return "claude-cli"
+        raise NoBackendAvailable(NO_BACKEND_MESSAGE)
+    if requested == "anthropic" and not has_key:
+        raise NoBackendAvailable(
+            "backend anthropic: ANTHROPIC_API_KEY is not set. " + NO_BACKEND_MESSAGE
+        )
+    if requested == "claude-cli" and not has_cli:
+        raise NoBackendAvailable(
+            f"backend claude-cli: `{claude_executable}` is not on PATH. " + NO_BACKEND_MESSAGE
+        )
+    if requested not in BACKEND_NAMES:
+        raise ValueError(
+            f"backend: must be one of auto, {', '.join(BACKEND_NAMES)}, got {requested!r}"
+        )
+    return requested

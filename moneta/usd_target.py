@@ -228,10 +228,10 @@ class UsdTarget:
             def edit(stack: _Stack) -> None:
                 layers = [stack.protected, *stack.daily.values()]
                 for entity_id in ids:
-                    name = prim_name(entity_id)
+                    path = Sdf.Path(prim_link(entity_id))
                     for layer in layers:
-                        if layer.rootPrims.get(name) is not None:
-                            del layer.rootPrims[name]
+                        if layer.GetPrimAtPath(path) is not None:
+                            del layer.rootPrims[path.name]
                     stack.home.pop(entity_id, None)
                     stack.protected_ids.discard(entity_id)
 
@@ -366,12 +366,14 @@ class UsdTarget:
         changes the index it reads.
         """
         placement: dict[UUID, DailyLayer] = {}
-        added: dict[DailyLayer, int] = {}
+        sizes: dict[DailyLayer, int] = {}  # root prims now, plus those placed so far
         current: DailyLayer | None = None
 
         def size(day: DailyLayer) -> int:
-            layer = stack.daily.get(day)
-            return (len(layer.rootPrims) if layer is not None else 0) + added.get(day, 0)
+            if day not in sizes:
+                layer = stack.daily.get(day)
+                sizes[day] = len(layer.rootPrims) if layer is not None else 0  # O(prims)
+            return sizes[day]
 
         for record in records:
             entity_id = record.entity_id
@@ -387,7 +389,7 @@ class UsdTarget:
             while size(current) >= self._cap:
                 current = current.next()
             placement[entity_id] = current
-            added[current] = added.get(current, 0) + 1
+            sizes[current] += 1
         new_layers = {
             day: _new_layer(self._dir / day.filename)
             for day in set(placement.values())
@@ -566,12 +568,15 @@ def _new_layer(path: Path) -> Sdf.Layer:
 def _write_prim(layer: Sdf.Layer, record: _PrimValues) -> None:
     """Create or overwrite one typed prim with all six attributes (Sdf API only)."""
     name = prim_name(record.entity_id)
-    spec = layer.rootPrims.get(name)
+    # A path lookup is O(1); `layer.rootPrims.get(name)` scans every root prim.
+    spec = layer.GetPrimAtPath(Sdf.Path.absoluteRootPath.AppendChild(name))
     if spec is None:
         spec = Sdf.PrimSpec(layer, name, Sdf.SpecifierDef, MEMORY_TYPE_NAME)
-    else:
-        spec.specifier = Sdf.SpecifierDef
-        spec.typeName = MEMORY_TYPE_NAME
+        for attr, value_type in MEMORY_ATTRIBUTES.items():
+            Sdf.AttributeSpec(spec, attr, value_type).default = record.values[attr]
+        return
+    spec.specifier = Sdf.SpecifierDef
+    spec.typeName = MEMORY_TYPE_NAME
     attributes = spec.attributes
     for attr, value_type in MEMORY_ATTRIBUTES.items():
         attr_spec = attributes.get(attr)

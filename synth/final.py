@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from synth.ledger import ClosureLedger
+from synth.noise import NOISE_REASONS
 from synth.render import USAGE_KEYS, Add, cell, location, one_line
 from synth.schema import SEVERITIES, SEVERITY_RANK, Finding
 
@@ -106,6 +107,14 @@ def _totals(
         f"open: {len(open_findings)}."
     )
     add("")
+    noise = {
+        reason: sum(r["counts"]["dropped"].get(reason, 0) for r in loops)
+        for reason in NOISE_REASONS
+    }
+    if any(noise.values()):
+        shown = ", ".join(f"{reason}: {n}" for reason, n in noise.items() if n)
+        add(f"Dropped by noise controls: {sum(noise.values())} ({shown}).")
+        add("")
 
 
 def _escalations(add: Add, open_findings: Sequence[Finding]) -> None:

@@ -1,4 +1,4 @@
-"""Close one loop: validate → scope filter → dedupe → rank → record closures → render.
+"""Close one loop: validate → scope → dedupe → rank → noise controls → closures → render.
 
 Everything here is deterministic code (no model call): identical inputs give an
 identical `LoopSynthesis`, including byte-identical markdown.
@@ -12,12 +12,12 @@ from typing import Any
 
 from orchestrator.config import ReviewConfig, Role, Theme, match_glob
 from synth.ledger import ClosureLedger
+from synth.noise import DUPLICATE_PREFIX, apply_noise
 from synth.render import render_loop
 from synth.schema import SEVERITIES, SEVERITY_RANK, Finding, InvalidFinding, validate_finding
 from workers.result import ReviewerResult
 
 ROLE_ISOLATION = "role-isolation"
-DUPLICATE_PREFIX = "duplicate-of:"
 
 RankKey = tuple[int, int, int, int, str]
 
@@ -28,9 +28,10 @@ class LoopSynthesis:
 
     `invalid` holds (raw item, reason); `invalid_origin` is aligned with it and says
     which reviewer sent the item and at which index of its array (-1 when the whole
-    `findings_raw` was not a list). `dropped` reasons are "role-isolation" or
-    "duplicate-of:<surviving id>". `closures` are (closer id, closed id) pairs;
-    `closure_status` is aligned with them ("closed" or "unknown-id").
+    `findings_raw` was not a list). `dropped` reasons are "role-isolation",
+    "duplicate-of:<surviving id>" or a noise-control reason (`synth.noise`).
+    `closures` are (closer id, closed id) pairs; `closure_status` is aligned with
+    them ("closed" or "unknown-id").
     """
 
     loop: int
@@ -309,9 +310,12 @@ def synthesize_loop(
         return rank_key(f, theme, role_order)
 
     survivors, duplicates = dedupe(scoped, key)
-    kept = sorted(survivors, key=key)
+    kept, noise_dropped, duplicates = apply_noise(
+        sorted(survivors, key=key), duplicates, config.noise
+    )
     duplicates.sort(key=lambda d: d[0].id)
     dropped.extend(duplicates)
+    dropped.extend(noise_dropped)
     closures, status = record_closures(ledger, loop, kept, duplicates)
     synthesis = LoopSynthesis(
         loop=loop,

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.config import ReviewConfig, Role, Theme
+from synth.noise import role_instructions
 from synth.schema import SCHEMA_DESCRIPTION
 
 FIRST_LOOP_HANDOFF = "This is the first loop: there is no previous synthesis."
@@ -187,6 +188,9 @@ def task_text(
         role.directive.strip(),
         "",
     ]
+    extra = role_instructions(config, role)  # per-path instructions and noise limits
+    if extra:
+        parts += [extra, ""]
     if role_findings is not None:
         listing = json.dumps(list(role_findings), indent=1, ensure_ascii=False)
         parts += [

@@ -30,6 +30,12 @@ from orchestrator.config import (
     load_config,
     match_glob,
 )
+from orchestrator.distributed_cli import (
+    default_prefix,
+    run_distributed,
+    status_command,
+    worker_command,
+)
 from orchestrator.plan import DriftError, dry_run_plan, prepare_run
 from orchestrator.run import RunError, RunOptions, run_review
 from orchestrator.snapshot import SnapshotError
@@ -123,6 +129,19 @@ def main() -> None:
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Override run.backend.")
 @click.option("--model", default=None, help="Override run.model.")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="Calls in flight.")
+@click.option(
+    "--redis-url",
+    envvar="REDIS_URL",
+    default=None,
+    help="Run distributed on this Redis (or REDIS_URL); without it the run is embedded.",
+)
+@click.option("--run-id", default=None, help="Distributed run id (with --resume: the run).")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Distributed: wait for the run to finish, or exit once it is enqueued.",
+)
 def run(
     repo: Path,
     config_file: Path | None,
@@ -134,6 +153,9 @@ def run(
     backend: str | None,
     model: str | None,
     concurrency: int | None,
+    redis_url: str | None,
+    run_id: str | None,
+    wait: bool,
 ) -> None:
     """Review --repo in themed loops and write findings and syntheses to --out."""
     if resume and fresh:
@@ -151,6 +173,20 @@ def run(
         if dry_run:
             inputs = prepare_run(repo, config, out_dir)
             click.echo(json.dumps(dry_run_plan(inputs, max_loops), indent=1))
+            return
+        if redis_url:
+            run_distributed(
+                redis_url=redis_url,
+                repo=repo,
+                config=config,
+                out_dir=out_dir,
+                resume=resume,
+                fresh=fresh,
+                max_loops=max_loops,
+                run_id=run_id,
+                wait=wait,
+                prefix=default_prefix(),
+            )
             return
         resolve_backend(config.backend)  # fail before any work if no model is reachable
         options = RunOptions(
@@ -174,6 +210,10 @@ def run(
             "see the loop files",
             err=True,
         )
+
+
+main.add_command(worker_command)
+main.add_command(status_command)
 
 
 @main.group("config")

@@ -20,6 +20,7 @@ from typing import Any
 
 from orchestrator.config import ReviewConfig
 from synth.final import render_final
+from synth.html import render_html
 from synth.ledger import ClosureLedger
 from synth.loop import DUPLICATE_PREFIX, LoopSynthesis
 from synth.render import USAGE_KEYS, reviewer_state
@@ -33,6 +34,7 @@ DROPPED = "findings.dropped.jsonl"
 LOOPS = "loops.jsonl"
 SYNTHESIS = "synthesis.md"
 SARIF = "synthesis.sarif"
+REPORT = "report.html"
 
 
 def loop_markdown_name(synthesis: LoopSynthesis) -> str:
@@ -200,8 +202,9 @@ def write_final(
 ) -> Path:
     """Write the final outputs from the files on disk; return the `synthesis.md` path.
 
-    Besides `synthesis.md` it writes `synthesis.sarif` (SARIF 2.1.0); `config`, when
-    given, names the roles in the SARIF rules (role prefixes are used otherwise).
+    Besides `synthesis.md` it writes `synthesis.sarif` (SARIF 2.1.0) and `report.html`
+    (self-contained); `config`, when given, names the roles in the SARIF rules and
+    orders the report's role filter (role prefixes, sorted, are used otherwise).
 
     `syntheses`, if given, must already be written (ValueError otherwise), and
     `ledger`, if given, must agree with the closures the files record: either
@@ -250,6 +253,15 @@ def write_final(
         config=config,
     )
     atomic_write_text(out_dir / SARIF, dumps_sarif(sarif))
+    page = render_html(
+        loops=loops,
+        findings=findings,
+        ledger=disk_ledger,
+        constitution_hash=constitution_hash,
+        failures=failures,
+        config=config,
+    )
+    atomic_write_text(out_dir / REPORT, page)
     path = out_dir / SYNTHESIS
     # Last: synthesis.md present means the other final files are too.
     atomic_write_text(path, text)

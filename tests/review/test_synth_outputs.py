@@ -17,6 +17,7 @@ from synth.outputs import (
     FINDINGS,
     INVALID,
     LOOPS,
+    REPORT,
     SARIF,
     SYNTHESIS,
     ledger_from_disk,
@@ -37,6 +38,7 @@ RUN_FILES = {
     LOOPS,
     SYNTHESIS,
     SARIF,
+    REPORT,
 }
 USAGE = {"input": 1000, "output": 200, "cache_write": 500, "cache_read": 9000}
 

@@ -65,6 +65,7 @@ th, td { border-bottom: 1px solid var(--line); padding: .4rem .5rem; text-align:
   vertical-align: top; }
 th { background: var(--soft); }
 td.num, th.num { text-align: right; }
+#findings td:last-child { width: 45%; }
 .muted { color: var(--muted); }
 .cards { display: flex; flex-wrap: wrap; gap: .6rem; margin: .8rem 0; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: .5rem .8rem; min-width: 8rem; }

@@ -52,6 +52,9 @@ def apply_noise(
     (merged finding, "duplicate-of:<survivor id>"). Duplicates of a dropped survivor
     move to the dropped list with the survivor's reason, right after it.
     """
+    if noise == NoiseControls():  # the default keeps everything
+        return list(ranked), [], list(duplicates)
+    path_ok: dict[str, bool] = {}  # many findings share a file
     members: dict[str, list[Finding]] = {}
     for d, reason in duplicates:
         members.setdefault(reason.removeprefix(DUPLICATE_PREFIX), []).append(d)
@@ -61,7 +64,10 @@ def apply_noise(
     reasons: list[tuple[Finding, str]] = []
     for f in ranked:
         group = [f, *members.get(f.id, ())]
-        if not path_kept(noise, f.file_path):
+        ok = path_ok.get(f.file_path)
+        if ok is None:
+            ok = path_ok[f.file_path] = path_kept(noise, f.file_path)
+        if not ok:
             reasons.append((f, PATH_EXCLUDED))
         elif SEVERITY_RANK[f.severity] > min_rank and not any(m.closes for m in group):
             reasons.append((f, BELOW_MIN_SEVERITY))

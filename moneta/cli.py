@@ -269,7 +269,9 @@ def inspect(store: Path) -> None:
     if importlib.util.find_spec("moneta.inspect") is not None:
         from moneta import inspect as store_inspect  # the cold-tier inspector
 
-        store_inspect.main(store)
+        code = store_inspect.main(store)
+        if code:
+            raise SystemExit(code)
         return
     _inspect_mock(store)
 

@@ -62,12 +62,13 @@ def test_inspect_prints_stack_counts_and_samples(tmp_path: Path):
     assert "utility=0.125 attended=9" in samples[2]
 
 
-def test_inspect_as_a_command(tmp_path: Path):
+def test_moneta_inspect_command(tmp_path: Path):
+    """`moneta inspect STORE` (the console script runs moneta.cli:main)."""
     store_dir = tmp_path / "store"
     build_store(store_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PXR_")}
     done = subprocess.run(
-        [sys.executable, "-m", "moneta.inspect", str(store_dir)],
+        [sys.executable, "-m", "moneta.cli", "inspect", str(store_dir)],
         env=env,
         capture_output=True,
         text=True,
@@ -76,6 +77,15 @@ def test_inspect_as_a_command(tmp_path: Path):
     assert "cortex_2026_03_02_001.usda" in done.stdout
     assert "Memories: 7 distinct" in done.stdout
     assert "MonetaMemory" in done.stdout  # the schema is registered in a fresh process
+    (tmp_path / "empty").mkdir()
+    empty = subprocess.run(
+        [sys.executable, "-m", "moneta.cli", "inspect", str(tmp_path / "empty")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert empty.returncode == 1
+    assert "no cold tier" in empty.stdout
 
 
 def test_inspect_without_a_cold_tier(tmp_path: Path):

@@ -2,7 +2,7 @@
 
 Agent methods: ``deposit``, ``query``, ``signal_attention``,
 ``get_consolidation_manifest``. Operator methods: ``run_sleep_pass``,
-``preview_sleep_pass``, ``forget``, ``unpin``, ``stats``, ``close``.
+``preview_sleep_pass``, ``forget``, ``unpin``, ``protect``, ``stats``, ``close``.
 
 Concurrency: one re-entrant lock guards every hot-tier mutation and read of the
 columns; sleep passes (and ``forget``, which must not race a batch being authored)
@@ -364,7 +364,11 @@ class Moneta:
 
     def _search_cold(self, query: np.ndarray, limit: int) -> list[tuple[float, Memory]]:
         found = self._index.search(query, limit * _COLD_OVERFETCH, states=_CONSOLIDATED)
-        return [(cosine * record.utility, _to_memory(record)) for record, cosine in found]
+        records = _cold_copies(self._parts.target, [record for record, _ in found])
+        return [
+            (cosine * record.utility, _to_memory(record))
+            for record, (_, cosine) in zip(records, found, strict=True)
+        ]
 
     def _merge(
         self,
@@ -378,7 +382,7 @@ class Moneta:
         best: dict[UUID, tuple[float, Memory]] = {m.entity_id: (s, m) for s, m in cold_hits}
         linked = [m.entity_id for _, m in hot_hits if m.usd_link and m.entity_id not in best]
         if linked:
-            for record in self._index.get(linked):
+            for record in _cold_copies(self._parts.target, self._index.get(linked)):
                 if record.state == EntityState.CONSOLIDATED:
                     cosine = float(np.dot(record.vector, query) / np.linalg.norm(record.vector))
                     best[record.entity_id] = (cosine * record.utility, _to_memory(record))
@@ -475,7 +479,7 @@ class Moneta:
     def _hydrate(self, unknown: set[UUID]) -> int:
         """Bring attended cold memories back as VOLATILE hot rows (DESIGN §1.8)."""
         count = 0
-        for record in self._index.get(unknown):
+        for record in _cold_copies(self._parts.target, self._index.get(unknown)):
             if record.state != EntityState.CONSOLIDATED or record.entity_id in self._hot:
                 continue
             vector = np.asarray(record.vector, dtype=np.float32)
@@ -700,23 +704,76 @@ class Moneta:
         return True
 
     def unpin(self, entity_id: UUID) -> bool:
-        """Clear a memory's protected floor; True if it had one.
+        """Clear a memory's protected floor, hot and cold; True if it had one.
 
         The floor only ever clamped the decayed value, so from now on the memory's
-        utility is what decay has made of it since it was last evaluated.
+        utility is what decay has made of it since it was last evaluated. A floor
+        held in the cold tier's protected layer is moved out of it (see ``protect``).
         """
         if not isinstance(entity_id, UUID):
             raise TypeError(f"entity_id must be a uuid.UUID, got {type(entity_id).__name__}")
         self._check_open()
-        with self._lock:
+        with self._sleep_lock, self._lock:
             self._check_open()
             row = self._hot.row_of(entity_id)
-            if row is None or self._hot.columns().floor[row] == 0.0:
-                return False
-            if self._journal is not None:
-                self._journal.append(UnpinRecord(entity_id))
-            self._hot.columns().floor[row] = 0.0
-            return True
+            hot = row is not None and bool(self._hot.columns().floor[row] != 0.0)
+            if hot:
+                if self._journal is not None:
+                    self._journal.append(UnpinRecord(entity_id))
+                self._hot.columns().floor[row] = 0.0
+            cold_unpin = getattr(self._parts.target, "unpin", None)
+            cold = bool(cold_unpin and cold_unpin([entity_id], authored_at=self._clock()))
+            if cold:
+                for record in self._index.get([entity_id]):
+                    if record.state == EntityState.CONSOLIDATED:
+                        self._index.upsert([replace(record, protected_floor=0.0)])
+                self._index.commit()
+            return hot or cold
+
+    def protect(self, entity_id: UUID) -> str:
+        """Move a pinned hot memory into the cold tier's protected layer; return its prim.
+
+        Operator tool. ``cortex_protected.usda`` is the strongest layer, so its values
+        win over any daily opinion on the prim. Written like a consolidation batch
+        (cold tier, then index, then the row leaves the hot tier); the memory stays
+        queryable, attention hydrates it with its floor, ``unpin`` releases it.
+        """
+        if not isinstance(entity_id, UUID):
+            raise TypeError(f"entity_id must be a uuid.UUID, got {type(entity_id).__name__}")
+        author = getattr(self._parts.target, "author_protected", None)
+        if author is None:
+            raise ValueError(
+                f"protect needs a cold tier with a protected layer (cold_tier 'usd'),"
+                f" not {type(self._parts.target).__name__}"
+            )
+        self._check_open()
+        now = self._clock()
+        with self._sleep_lock:
+            with self._lock:
+                self._check_open()
+                row = self._hot.row_of(entity_id)
+                if row is None or self._hot.columns().floor[row] <= 0.0:
+                    raise ValueError(
+                        f"entity_id {entity_id} must be a pinned hot memory (protected_floor > 0)"
+                    )
+                record = replace(self._record(row), state=EntityState.CONSOLIDATED)
+                memory = self._hot.memory(row)
+            links = author([memory], batch_id=f"protect-{entity_id.hex}", authored_at=now)
+            record.usd_link = links[entity_id]
+            self._index.upsert([record])
+            self._index.commit()
+            with self._lock:
+                if self._journal is not None:
+                    self._journal.append(DeleteRecord([entity_id], "consolidated"))
+                row = self._hot.row_of(entity_id)
+                if row is not None:
+                    self._hot.remove_rows([row])
+        self._parts.audit.record(
+            [entry(entity_id, "consolidate", utility=record.utility,
+                   attended_count=record.attended_count, reason="operator protect",
+                   at=now, usd_link=record.usd_link)]
+        )  # fmt: skip
+        return record.usd_link
 
     def stats(self) -> StoreStats:
         """Counts of what the store holds right now."""
@@ -764,6 +821,35 @@ def _signals(entries: list[AttentionEntry], rows: np.ndarray) -> Signals:
     )
     known = rows >= 0
     return Signals(rows[known], weights[known], times[known])
+
+
+def _cold_copies(target: object, records: list[VectorRecord]) -> list[VectorRecord]:
+    """Consolidated records with payload and state as the cold tier composes them.
+
+    The index keeps a copy made at consolidation; the cold tier is the authority
+    (DESIGN §1.8), and an operator may have changed it since (protect, unpin).
+    A target that cannot read back (the JSONL mock) leaves the index copy.
+    """
+    read = getattr(target, "read", None)
+    wanted = [r.entity_id for r in records if r.state == EntityState.CONSOLIDATED]
+    if read is None or not wanted:
+        return records
+    cold = read(wanted)
+    merged = []
+    for record in records:
+        copy = cold.get(record.entity_id)
+        if copy is not None and record.state == EntityState.CONSOLIDATED:
+            record = replace(
+                record,
+                payload=copy.payload,
+                utility=copy.utility,
+                attended_count=copy.attended_count,
+                protected_floor=copy.protected_floor,
+                last_evaluated=copy.last_evaluated,
+                usd_link=copy.usd_link,
+            )
+        merged.append(record)
+    return merged
 
 
 def _to_memory(record: VectorRecord) -> Memory:

@@ -62,7 +62,7 @@ class MonetaConfig:
     batch_size: int = MAX_BATCH_SIZE
     durability: bool = True
     vector_backend: str | None = None
-    cold_tier: str = "jsonl"
+    cold_tier: str | None = None  # None: "usd" for file stores, "jsonl" for memory://
     watch_interval_seconds: float = 0.25
     index_commit_interval_seconds: float = 1.0
     checkpoint_every_records: int = 50_000
@@ -108,8 +108,11 @@ class MonetaConfig:
                 f"vector_backend must be one of {VECTOR_BACKENDS} or None (automatic),"
                 f" got {self.vector_backend!r}"
             )
-        if self.cold_tier not in COLD_TIERS:
-            raise ValueError(f"cold_tier must be one of {COLD_TIERS}, got {self.cold_tier!r}")
+        if self.cold_tier is not None and self.cold_tier not in COLD_TIERS:
+            raise ValueError(
+                f"cold_tier must be one of {COLD_TIERS} or None (automatic),"
+                f" got {self.cold_tier!r}"
+            )
 
     @classmethod
     def ephemeral(cls, **overrides: Any) -> MonetaConfig:

@@ -74,8 +74,16 @@ def open_index(config: MonetaConfig, directory: Path | None) -> VectorIndex:
     return LanceVectorIndex(directory / VECTORS_DIR, dim=config.embedding_dim)
 
 
+def cold_tier(config: MonetaConfig) -> str:
+    """The configured cold tier, or the default: OpenUSD for file stores, the JSONL
+    mock (in memory) for ``memory://`` stores, which have no directory for layers."""
+    if config.cold_tier is not None:
+        return config.cold_tier
+    return "jsonl" if config.is_memory else "usd"
+
+
 def open_target(config: MonetaConfig, directory: Path | None) -> AuthoringTarget:
-    if config.cold_tier == "jsonl":
+    if cold_tier(config) == "jsonl":
         path = None if directory is None else directory / COLD_DIR / MOCK_COLD_FILE
         return JsonlMockTarget(path)
     if directory is None:

@@ -1,10 +1,10 @@
-"""report.html in headless Chromium (Debian's `chromium`): the page's own script filters
-and sorts the findings; the DOM is read back after it ran, and a screenshot is kept.
+"""report.html in headless Chromium (Debian's `chromium`, driven by Playwright).
 
-Filters are set through the URL fragment, which the page reads on load exactly as
-its controls would set them, so no driver is needed: `--dump-dom` prints the DOM
-after the script has run. The screenshot goes to $TEST_ARTEFACTS_DIR (default:
-<tmp>/moneta-test-artefacts).
+The page's own script does the filtering and sorting: the tests operate its
+controls as a user would (select, type, tick, click) and read the DOM back. A
+screenshot of a filtered view is kept in $TEST_ARTEFACTS_DIR (default:
+<tmp>/moneta-test-artefacts). Every request the page makes is recorded: a
+self-contained report makes none besides loading its own file.
 """
 
 from __future__ import annotations
@@ -12,21 +12,21 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from synth.outputs import REPORT, load_findings
-from tests.outputs.dom import Node, parse
+from synth.schema import SEVERITIES
 from tests.outputs.run_fixture import written_run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for a closed network: without the background-networking ones Chromium keeps
-# trying to reach its update and sync hosts.
-FLAGS = (
-    "--headless",
+# A closed network: without the background-networking flags Chromium keeps trying
+# to reach its update and sync hosts.
+ARGS = [
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -34,29 +34,23 @@ FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--hide-scrollbars",
-)
+]
+IDS = {
+    "a1": "architect-L1-a1",
+    "a2": "architect-L1-a2",
+    "u1": "usd-L2-u1",
+    "u2": "usd-L2-u2",
+    "p1": "persistence-L2-p1",
+    "s1": "substrate-L3-s1",
+    "s2": "substrate-L3-s2",
+}
 
 
 def artefacts_dir() -> Path:
-    path = Path(
-        os.environ.get("TEST_ARTEFACTS_DIR")
-        or Path(tempfile.gettempdir()) / "moneta-test-artefacts"
-    )
+    default = Path(tempfile.gettempdir()) / "moneta-test-artefacts"
+    path = Path(os.environ.get("TEST_ARTEFACTS_DIR") or default)
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def chromium(url: str, profile: Path, *extra: str) -> str:
-    proc = subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *extra, url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -64,72 +58,136 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return written_run(tmp_path_factory.mktemp("run")) / REPORT
 
 
-def rendered(report: Path, fragment: str, profile: Path) -> Node:
-    dom = chromium(report.as_uri() + fragment, profile, "--dump-dom")
-    doc, _ = parse(dom)  # Chromium's serialisation, not ours: tolerate its formatting
-    [body] = doc.find_all("body")
-    assert body.attrs.get("data-ready") == "true", "the page script did not run"
-    return doc
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
 
 
-def finding_rows(doc: Node) -> list[Node]:
-    return doc.by_id("findings-body").find_all("tr", class_="finding")
+class Report:
+    """One open report page and the requests it made."""
+
+    def __init__(self, page: Page, requests: list[str]) -> None:
+        self.page = page
+        self.requests = requests
+
+    def visible(self) -> set[str]:
+        return set(
+            self.page.eval_on_selector_all(
+                "#findings-body tr.finding:not([hidden])", "rs => rs.map(r => r.dataset.id)"
+            )
+        )
+
+    def column(self, name: str) -> list[str]:
+        return self.page.eval_on_selector_all(
+            "#findings-body tr.finding", f"rs => rs.map(r => r.dataset.{name})"
+        )
+
+    def shown(self) -> str:
+        return self.page.inner_text("#shown-count")
 
 
-def visible(doc: Node) -> list[str]:
-    return [r.attrs["data-id"] for r in finding_rows(doc) if "hidden" not in r.attrs]
+def open_report(browser: Browser, report: Path, fragment: str = "") -> Report:
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(report.as_uri() + fragment)
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    return Report(page, requests)
 
 
-def test_browser_shows_every_finding(report: Path, tmp_path: Path) -> None:
-    doc = rendered(report, "", tmp_path / "profile")
-    kept = load_findings(report.parent)
-    assert sorted(visible(doc)) == sorted(f.id for f in kept)
-    assert len(finding_rows(doc)) == 7
-    assert doc.by_id("shown-count").text == "7"
+@pytest.fixture
+def view(browser: Browser, report: Path) -> Iterator[Report]:
+    r = open_report(browser, report)
+    yield r
+    r.page.close()
 
 
-@pytest.mark.parametrize(
-    ("fragment", "expected"),
-    [
-        ("#severity=High", {"architect-L1-a2", "usd-L2-u1"}),
-        ("#severity=Critical", {"architect-L1-a1", "persistence-L2-p1"}),
-        ("#severity=Low", set()),
-        ("#role=usd&loop=2", {"usd-L2-u1", "usd-L2-u2"}),
-        ("#file=moneta%2Fecs.py", {"architect-L1-a2", "substrate-L3-s2"}),
-        ("#status=closed", {"architect-L1-a2"}),
-        ("#escalation=1", {"architect-L1-a1", "persistence-L2-p1"}),
-        ("#severity=Medium&loop=3", {"substrate-L3-s1", "substrate-L3-s2"}),
-    ],
-)
-def test_browser_filters(report: Path, tmp_path: Path, fragment: str, expected: set[str]) -> None:
-    doc = rendered(report, fragment, tmp_path / "profile")
-    assert set(visible(doc)) == expected
-    assert doc.by_id("shown-count").text == str(len(expected))
-    assert len(finding_rows(doc)) == 7  # filtered rows are hidden, never removed
+def test_dom_holds_every_finding_and_loads_nothing_else(view: Report, report: Path) -> None:
+    kept = {f.id for f in load_findings(report.parent)}
+    assert len(kept) == 7
+    assert view.visible() == kept
+    assert sorted(view.column("id")) == sorted(kept)
+    assert view.shown() == "7"
+    assert view.requests == [report.as_uri()]
 
 
-def test_browser_sorts(report: Path, tmp_path: Path) -> None:
-    doc = rendered(report, "#sort=file", tmp_path / "profile")
-    keys = [(r.attrs["data-file"], int(r.attrs["data-line"])) for r in finding_rows(doc)]
-    assert keys == sorted(keys)
-    doc = rendered(report, "#sort=severity&dir=desc", tmp_path / "profile")
-    ranks = [int(r.attrs["data-rank"]) for r in finding_rows(doc)]
-    assert ranks == sorted(ranks, reverse=True) and ranks[0] > ranks[-1]
-    [button] = [b for b in doc.find_all("button") if b.attrs.get("data-sort") == "severity"]
-    assert button.attrs["aria-sort"] == "descending"
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_filter_by_severity(view: Report, report: Path, severity: str) -> None:
+    expected = {f.id for f in load_findings(report.parent) if f.severity == severity}
+    view.page.select_option("#filter-severity", severity)
+    assert view.visible() == expected
+    assert view.shown() == str(len(expected))
+    assert len(view.column("id")) == 7  # hidden, never removed
+    assert view.page.evaluate("location.hash") == f"#severity={severity}"
 
 
-def test_browser_screenshot_saved(report: Path, tmp_path: Path) -> None:
+def test_filters_combine_and_reset(view: Report) -> None:
+    p = view.page
+    p.select_option("#filter-role", "usd")
+    assert view.visible() == {IDS["u1"], IDS["u2"]}
+    p.select_option("#filter-severity", "High")
+    assert view.visible() == {IDS["u1"]}
+    p.select_option("#filter-role", "")
+    p.select_option("#filter-severity", "")
+    p.select_option("#filter-file", "moneta/ecs.py")
+    assert view.visible() == {IDS["a2"], IDS["s2"]}
+    p.select_option("#filter-file", "")
+    p.select_option("#filter-loop", "3")
+    assert view.visible() == {IDS["s1"], IDS["s2"]}
+    p.select_option("#filter-loop", "")
+    p.select_option("#filter-status", "closed")
+    assert view.visible() == {IDS["a2"]}
+    p.select_option("#filter-status", "open")
+    assert len(view.visible()) == 6
+    p.click("#filter-reset")
+    assert len(view.visible()) == 7
+    p.check("#filter-escalation")
+    assert view.visible() == {IDS["a1"], IDS["p1"]}
+    p.uncheck("#filter-escalation")
+    p.fill("#filter-text", "QUOTA")
+    assert view.visible() == {IDS["a2"], IDS["s1"]}
+    p.fill("#filter-text", "")
+    assert len(view.visible()) == 7
+
+
+def test_sort_by_clicking_headers(view: Report) -> None:
+    p = view.page
+    assert view.column("escalation")[:2] == ["true", "true"]  # escalations lead by default
+    p.click("th button[data-sort=file]")
+    files = list(zip(view.column("file"), map(int, view.column("line")), strict=True))
+    assert files == sorted(files)
+    assert p.get_attribute("th button[data-sort=file]", "aria-sort") == "ascending"
+    p.click("th button[data-sort=file]")
+    assert [f for f, _ in files][::-1] == view.column("file")
+    assert p.get_attribute("th button[data-sort=file]", "aria-sort") == "descending"
+    p.click("th button[data-sort=severity]")
+    ranks = list(map(int, view.column("rank")))
+    assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
+    p.click("th button[data-sort=loop]")
+    loops = list(map(int, view.column("loop")))
+    assert loops == sorted(loops)
+
+
+def test_a_shared_link_opens_filtered(browser: Browser, report: Path) -> None:
+    r = open_report(browser, report, "#role=usd&severity=Medium")
+    try:
+        assert r.visible() == {IDS["u2"]}
+        assert r.page.input_value("#filter-role") == "usd"
+        assert r.page.input_value("#filter-severity") == "Medium"
+    finally:
+        r.page.close()
+
+
+def test_screenshot_of_a_filtered_view_is_saved(view: Report) -> None:
+    view.page.select_option("#filter-severity", "High")
     shot = artefacts_dir() / "report-severity-High.png"
     shot.unlink(missing_ok=True)
-    chromium(
-        report.as_uri() + "#severity=High",
-        tmp_path / "profile",
-        f"--screenshot={shot}",
-        "--window-size=1280,1600",
-    )
+    view.page.screenshot(path=str(shot), full_page=True)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (1280, 1600)
+    assert width == 1280 and height >= 1000
     assert len(data) > 10_000  # a rendered page, not a blank image

@@ -171,16 +171,16 @@ class Moneta:
         cold = {
             r.entity_id: r for r in index.get(candidates) if r.state == EntityState.CONSOLIDATED
         }
-        records = []
+        rows = []
         for entity_id in candidates:
             row = hot.row_of(entity_id)
             assert row is not None
             if entity_id in cold:
                 hot.set_usd_link(row, cold[entity_id].usd_link)
             elif hot.usd_links[row] is None:
-                records.append(self._record(row))
-        if records:
-            index.upsert(records)
+                rows.append(row)
+        if rows:
+            index.upsert(hot.records(rows))
         stale = [
             r.entity_id
             for r in index.get(e for e in pruned if e not in hot)
@@ -307,7 +307,7 @@ class Moneta:
                 ]
             )
             size = len(hot)
-        if size >= self._pressure_check_at or self._checkpoint_due():
+        if (self._config.auto_sleep and size >= self._pressure_check_at) or self._checkpoint_due():
             self._scheduler.poke()
         return entity_id
 
@@ -673,30 +673,41 @@ class Moneta:
     # --- operator tools ----------------------------------------------------------------
 
     def forget(self, entity_id: UUID) -> bool:
-        """Remove a memory from every place it lives; True if it was found anywhere."""
+        """Remove a memory from every place it lives; True if it was found anywhere.
+
+        On disk, a checkpoint rewrites the snapshot and drops the WAL segments that
+        still carry the payload before this returns; an index that can erase a row's
+        bytes (not just mark it deleted) does so through its ``purge``.
+        """
         if not isinstance(entity_id, UUID):
             raise TypeError(f"entity_id must be a uuid.UUID, got {type(entity_id).__name__}")
         self._check_open()
         now = self._clock()
-        with self._sleep_lock, self._lock:
-            self._check_open()
-            row = self._hot.row_of(entity_id)
-            known = self._index.get([entity_id])
-            if row is None and not known:
+        with self._sleep_lock:
+            with self._lock:
+                self._check_open()
+                row = self._hot.row_of(entity_id)
+                known = self._index.get([entity_id])
+                if row is None and not known:
+                    self._parts.target.forget([entity_id])
+                    return False
+                if row is not None:
+                    cols = self._hot.columns()
+                    utility, attended = float(cols.utility[row]), int(cols.attended[row])
+                else:
+                    utility, attended = known[0].utility, known[0].attended_count
+                if self._journal is not None:
+                    self._journal.append(DeleteRecord([entity_id], "forget"))
+                if row is not None:
+                    self._hot.remove_rows([row])
+                self._index.delete([entity_id])
                 self._parts.target.forget([entity_id])
-                return False
-            if row is not None:
-                cols = self._hot.columns()
-                utility, attended = float(cols.utility[row]), int(cols.attended[row])
+            purge = getattr(self._index, "purge", None)
+            if purge is not None:
+                purge([entity_id])
             else:
-                utility, attended = known[0].utility, known[0].attended_count
-            if self._journal is not None:
-                self._journal.append(DeleteRecord([entity_id], "forget"))
-            if row is not None:
-                self._hot.remove_rows([row])
-            self._index.delete([entity_id])
-            self._index.commit()
-            self._parts.target.forget([entity_id])
+                self._index.commit()
+            self._checkpoint()
         self._parts.audit.record(
             [entry(entity_id, "forget", utility=utility, attended_count=attended,
                    reason="operator forget", at=now)]

@@ -65,6 +65,8 @@ class MonetaConfig:
     cold_tier: str | None = None  # None: "usd" for file stores, "jsonl" for memory://
     watch_interval_seconds: float = 0.25
     index_commit_interval_seconds: float = 1.0
+    index_commit_every_records: int = 1024
+    ann_index_threshold: int = 10_000
     checkpoint_every_records: int = 50_000
     checkpoint_interval_seconds: float = 300.0
     wal_fsync_interval_seconds: float = 1.0
@@ -96,6 +98,8 @@ class MonetaConfig:
         _require_positive("idle_window_seconds", self.idle_window_seconds)
         _require_positive("watch_interval_seconds", self.watch_interval_seconds)
         _require_positive("index_commit_interval_seconds", self.index_commit_interval_seconds)
+        _require_int("index_commit_every_records", self.index_commit_every_records, 1)
+        _require_int("ann_index_threshold", self.ann_index_threshold, 1)
         _require_positive("checkpoint_interval_seconds", self.checkpoint_interval_seconds)
         _require_int("checkpoint_every_records", self.checkpoint_every_records, 1)
         if _require_number("wal_fsync_interval_seconds", self.wal_fsync_interval_seconds) < 0:
@@ -110,8 +114,7 @@ class MonetaConfig:
             )
         if self.cold_tier is not None and self.cold_tier not in COLD_TIERS:
             raise ValueError(
-                f"cold_tier must be one of {COLD_TIERS} or None (automatic),"
-                f" got {self.cold_tier!r}"
+                f"cold_tier must be one of {COLD_TIERS} or None (automatic), got {self.cold_tier!r}"
             )
 
     @classmethod

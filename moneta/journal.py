@@ -106,6 +106,10 @@ class Journal:
         assert self._wal is not None
         segment = self._wal.rotate()
         self.records_since_checkpoint = 0
+        # An empty rows update clears replay's pending set: if the snapshot is never
+        # written, the older segments are replayed too and their attention records
+        # must not count again next to the copies re-logged below.
+        self.append(_PENDING_RESET)
         for entry in pending:
             self.append(attention_record(entry))
         return segment
@@ -119,6 +123,16 @@ class Journal:
     def close(self) -> None:
         if self._wal is not None:
             self._wal.close()
+
+
+_PENDING_RESET = RowsUpdateRecord(
+    entity_ids=[],
+    utility=np.empty(0),
+    attended_count=np.empty(0, dtype=np.int64),
+    last_evaluated=np.empty(0),
+    state=np.empty(0, dtype=np.int8),
+    usd_links=[],
+)
 
 
 def attention_record(entry: AttentionEntry) -> AttentionRecord:

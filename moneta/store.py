@@ -50,10 +50,11 @@ def release(key: str) -> None:
 
 
 def vector_backend(config: MonetaConfig) -> str:
-    """The configured backend, or the default for this kind of store."""
+    """The configured backend, or the default for this kind of store: LanceDB for a
+    file store (the persistent vector authority), numpy in memory for ``memory://``."""
     if config.vector_backend is not None:
         return config.vector_backend
-    return "memory"
+    return "memory" if config.directory is None else "lancedb"
 
 
 @dataclass(slots=True)
@@ -71,7 +72,13 @@ def open_index(config: MonetaConfig, directory: Path | None) -> VectorIndex:
         raise ValueError("vector_backend 'lancedb' needs a file store, not memory://")
     from moneta.lance_index import LanceVectorIndex  # optional backend, imported on use
 
-    return LanceVectorIndex(directory / VECTORS_DIR, dim=config.embedding_dim)
+    return LanceVectorIndex(
+        directory / VECTORS_DIR,
+        dim=config.embedding_dim,
+        commit_every=config.index_commit_every_records,
+        commit_interval_s=config.index_commit_interval_seconds,
+        ann_threshold=config.ann_index_threshold,
+    )
 
 
 def cold_tier(config: MonetaConfig) -> str:

@@ -33,6 +33,10 @@ def _files_containing(root: Path, needle: str) -> list[str]:
     )
 
 
+def _outside_index(files: list[str]) -> list[str]:
+    return [f for f in files if not f.startswith("vectors/")]
+
+
 def _vec(i: int) -> list[float]:
     return unit_vector(np.random.default_rng([42, i]), DIM)
 
@@ -66,6 +70,31 @@ def test_forget_removes_a_hot_memory_everywhere_and_it_never_comes_back(
     assert forgets[0]["reason"] == "operator forget"
 
 
+def test_forget_after_the_memory_reached_every_file(tmp_path: Path) -> None:
+    """The memory was checkpointed into the snapshot and committed to the persistent
+    index (with neighbours in the same files) before it is forgotten."""
+    store = tmp_path / "store"
+    secret = f"secret-{uuid.uuid4().hex}"
+    with Moneta(_config(store)) as m:
+        fillers = [m.deposit(f"filler {i}", _vec(100 + i)) for i in range(60)]
+        doomed = m.deposit(secret, _vec(1))
+        fillers += [m.deposit(f"filler {i}", _vec(200 + i)) for i in range(60)]
+    assert len(_files_containing(store, secret)) >= 2  # snapshot and index at least
+    with Moneta(_config(store)) as m:
+        assert m.forget(doomed) is True
+        # Snapshot and WAL are rewritten at once, not at some later checkpoint. A
+        # LanceDB delete only marks the row: the old data file keeps its bytes until a
+        # compaction rewrites that fragment, so the index directory is checked through
+        # the index (the row is gone), not byte by byte.
+        assert _outside_index(_files_containing(store, secret)) == []
+        assert doomed not in {h.entity_id for h in m.query(_vec(1), limit=200)}
+    assert _outside_index(_files_containing(store, secret)) == []
+    with Moneta(_config(store)) as m:
+        hits = m.query(_vec(1), limit=200)
+        assert {h.entity_id for h in hits} == set(fillers)
+        assert m.stats().index_records == 120
+
+
 def test_forget_of_a_consolidated_memory_removes_it_from_the_cold_tier(
     tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -96,7 +125,7 @@ def test_forget_of_a_consolidated_memory_removes_it_from_the_cold_tier(
         assert m.run_sleep_pass().hydrated == 0
 
 
-# Deposits, forgets, then dies without closing: recovery must replay the forget.
+# Deposits, forgets, then dies without closing: the forget must hold after recovery.
 CRASH_CHILD = """
 import os, sys
 import numpy as np
@@ -114,7 +143,7 @@ os._exit(0)  # no close, no checkpoint
 """
 
 
-def test_forget_replayed_from_the_log_after_a_crash(tmp_path: Path) -> None:
+def test_forget_holds_after_a_crash(tmp_path: Path) -> None:
     store = tmp_path / "store"
     secret = f"secret-{uuid.uuid4().hex}"
     out = subprocess.run(
@@ -127,7 +156,9 @@ def test_forget_replayed_from_the_log_after_a_crash(tmp_path: Path) -> None:
         check=True,
     ).stdout.split()
     keep, doomed = UUID(out[0]), UUID(out[1])
-    assert _files_containing(store, secret) != []  # still in the un-checkpointed WAL
+    # forget() checkpointed before returning: no WAL segment or snapshot holds the
+    # payload although the process never closed the store.
+    assert _outside_index(_files_containing(store, secret)) == []
     with Moneta(_config(store)) as m:
         assert [h.entity_id for h in m.query(_vec(1), limit=10)] == [keep]
         report = m.run_sleep_pass()

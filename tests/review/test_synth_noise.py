@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -364,6 +366,25 @@ def test_globs_overlap_agrees_with_match_glob_on_witnesses() -> None:
                 assert globs_overlap(a, b), (a, b)
 
 
+def test_globs_overlap_matches_brute_force_on_random_globs() -> None:
+    """Exhaustive check over every path of up to 7 characters from {a, b, /}.
+
+    Globs of at most 4 tokens over that alphabet that share a path share a short one,
+    so "overlap" must equal "some enumerated path matches both" in both directions.
+    """
+    rng = random.Random(7)
+    tokens = ["a", "b", "/", "*", "?", "**", "**/", "{a,b}", "{ab,/}"]
+    paths = ["".join(p) for n in range(8) for p in itertools.product("ab/", repeat=n)]
+    checked = 0
+    for _ in range(200):
+        a = "".join(rng.choice(tokens) for _ in range(rng.randint(1, 4)))
+        b = "".join(rng.choice(tokens) for _ in range(rng.randint(1, 4)))
+        witness = any(match_glob(a, p) and match_glob(b, p) for p in paths)
+        assert globs_overlap(a, b) is witness, (a, b)
+        checked += witness
+    assert 20 < checked < 180  # both outcomes well represented
+
+
 def test_role_instructions_reach_the_roles_whose_scope_can_touch_the_paths() -> None:
     config = noisy(
         path_instructions=(
@@ -414,3 +435,28 @@ def test_task_prompt_appends_the_instructions_after_the_directive() -> None:
     assert task_text(config, substrate, config.theme_for(2)) == task_text(
         plain, substrate, config.theme_for(2)
     )
+
+
+def test_noise_table_from_a_config_file_drives_synthesis(tmp_path: Path) -> None:
+    """The file's [noise] table, loaded as a run loads it, decides what a loop keeps."""
+    path = tmp_path / "review.toml"
+    path.write_text(
+        BASE + '\n[noise]\nmin_severity = "High"\nexclude = ["moneta/ecs.py"]\n'
+        "max_findings_per_role = 1\n",
+        encoding="utf-8",
+    )
+    loaded = load_config(path)
+    config = make_config(noise=loaded.noise)
+    items = [
+        raw("architect", 1, "crit", severity="Critical", claim="c"),
+        raw("architect", 1, "high", severity="High", claim="h"),
+        raw("architect", 1, "med", severity="Medium", claim="m"),
+        raw("architect", 1, "ecs", severity="Critical", claim="e", file_path="moneta/ecs.py"),
+    ]
+    s = run_loop([ok("architect", 1, items)], config=config)
+    assert kept_ids(s) == ["architect-L1-crit"]
+    assert reasons(s) == {
+        "architect-L1-ecs": "path-excluded",
+        "architect-L1-high": "over-role-cap",
+        "architect-L1-med": "below-min-severity",
+    }

@@ -1,0 +1,58 @@
+"""Reads across tiers (DESIGN §1.8) as the handle sees them: a consolidated memory stays
+queryable, a query does not pull it back, attention does (hydration), and a memory in
+both tiers is shown once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moneta import EntityState, Moneta, MonetaConfig
+from tests.substrate.conftest import FakeClock, unit_vector
+
+
+def test_query_reads_cold_without_hydrating_and_attention_hydrates(clock: FakeClock) -> None:
+    rng = np.random.default_rng(60)
+    with Moneta(MonetaConfig.ephemeral(clock=clock, auto_sleep=False)) as m:
+        v = unit_vector(rng)
+        e = m.deposit("consolidate me", v)
+        for _ in range(3):
+            m.signal_attention({e: -0.3})
+        report = m.run_sleep_pass()
+        assert report.consolidated == 1
+        assert m.stats().hot == 0
+        for _ in range(3):
+            [hit] = m.query(v, limit=5)
+            assert hit.entity_id == e
+            assert hit.state is EntityState.CONSOLIDATED
+            assert hit.usd_link == f"/Memory_{e.hex}"
+            assert hit.attended_count == 3
+        assert m.stats().hot == 0  # reading never moved it back
+
+        clock.advance(10.0)
+        m.signal_attention({e: 0.5})
+        report = m.run_sleep_pass()
+        assert (report.hydrated, report.attention_applied) == (1, 1)
+        stats = m.stats()
+        assert (stats.hot, stats.volatile) == (1, 1)
+        hits = m.query(v, limit=5)
+        assert [h.entity_id for h in hits] == [e]  # shown once: the newer hot copy
+        [hit] = hits
+        assert hit.state is EntityState.VOLATILE
+        assert hit.usd_link == f"/Memory_{e.hex}"
+        assert hit.attended_count == 4
+        assert hit.utility > 0.5
+        assert hit.last_evaluated == clock()
+
+
+def test_unknown_and_pruned_ids_are_not_hydrated(clock: FakeClock) -> None:
+    rng = np.random.default_rng(61)
+    with Moneta(MonetaConfig.ephemeral(clock=clock, auto_sleep=False)) as m:
+        v = unit_vector(rng)
+        e = m.deposit("prune me", v)
+        m.signal_attention({e: -1.0})
+        assert m.run_sleep_pass().pruned == 1
+        m.signal_attention({e: 1.0})
+        report = m.run_sleep_pass()
+        assert (report.hydrated, report.attention_applied) == (0, 0)
+        assert m.query(v, limit=5) == []
+        assert m.stats().index_records == 0

@@ -264,36 +264,50 @@ def demo(directory: Path | None, seed: int) -> None:
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def inspect(store: Path) -> None:
-    """Show what a store holds: cold-tier layers, and the audit trail."""
+@click.option(
+    "--audit",
+    "audit_lines",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many of the latest audit entries (prune, consolidate, forget) to show.",
+)
+@click.pass_context
+def inspect(ctx: click.Context, store: Path, audit_lines: int) -> None:
+    """Show what a store holds: the cold tier, and what it let go of and why."""
+    code = 0
     if importlib.util.find_spec("moneta.inspect") is not None:
         from moneta import inspect as store_inspect  # the cold-tier inspector
 
         code = store_inspect.main(store)
-        if code:
-            raise SystemExit(code)
-        return
-    _inspect_mock(store)
+    else:
+        _inspect_mock(store)
+    _inspect_audit(store, audit_lines)
+    ctx.exit(code)
 
 
 def _inspect_mock(store: Path) -> None:
     mock = store / COLD_DIR / MOCK_COLD_FILE
-    if mock.exists():
-        batches = [json.loads(line) for line in mock.read_text().splitlines() if line.strip()]
-        layers = Counter(e["target_sublayer"] for b in batches for e in b["entries"])
-        click.echo(f"{mock}: {len(batches)} batches")
-        for layer, count in sorted(layers.items()):
-            click.echo(f"  {layer}: {count} memories")
-    else:
-        layers_found = sorted((store / COLD_DIR).glob("*.usda"))
-        click.echo(f"{store / COLD_DIR}: {len(layers_found)} layer files")
-        for layer in layers_found:
-            click.echo(f"  {layer.name}: {layer.stat().st_size} bytes")
+    if not mock.exists():
+        click.echo(f"{store / COLD_DIR}: no cold tier")
+        return
+    batches = [json.loads(line) for line in mock.read_text().splitlines() if line.strip()]
+    layers = Counter(e["target_sublayer"] for b in batches for e in b["entries"])
+    click.echo(f"{mock}: {len(batches)} batches")
+    for layer, count in sorted(layers.items()):
+        click.echo(f"  {layer}: {count} memories")
+
+
+def _inspect_audit(store: Path, last: int) -> None:
     entries = AuditLog(store / AUDIT_FILE).entries()
     actions = Counter(e.action for e in entries)
-    click.echo(
-        f"{store / AUDIT_FILE}: " + ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
-    )
+    summary = ", ".join(f"{n} {a}" for a, n in sorted(actions.items())) or "empty"
+    click.echo(f"Audit trail {store / AUDIT_FILE}: {summary}")
+    for e in entries[-last:] if last else []:
+        click.echo(
+            f"  {e.action:<11} {e.entity_id}  utility={e.utility:.4f}"
+            f" attended={e.attended_count}  {e.reason}"
+        )
 
 
 if __name__ == "__main__":

@@ -52,3 +52,8 @@ def test_inspect_reads_the_demo_store(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "cortex_protected.usda" in result.output
     assert result.output.count("/Memory_") >= 3
+    assert "audit.jsonl: 3 consolidate, 15 prune" in result.output
+    result = CliRunner().invoke(main, ["inspect", str(store), "--audit", "20"])
+    lines = result.output.splitlines()
+    assert sum(line.startswith("  prune ") for line in lines) == 15
+    assert sum(line.startswith("  consolidate ") for line in lines) == 3

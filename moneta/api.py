@@ -601,7 +601,12 @@ class Moneta:
             and self._activity
             and now - self._last_op > self._config.idle_window_seconds
         ):
-            self._try_pass("idle")
+            try:
+                self._try_pass("idle")
+            except Exception:
+                # The agent's call is not about the pass: log, and let the next
+                # trigger (or an operator) retry it.
+                logger.exception("idle sleep pass on %s failed", self._key)
         self._last_op = now
         self._activity = True
         return now

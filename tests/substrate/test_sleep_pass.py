@@ -318,3 +318,30 @@ def test_auto_sleep_off_never_fires(clock: FakeClock) -> None:
         assert m.stats().sleep_passes == 0
         assert m.run_sleep_pass().trigger == "operator"
         assert m.stats().sleep_passes == 1
+
+
+def test_a_failing_idle_pass_does_not_fail_the_agents_call(
+    seams: dict, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(21)
+    config = MonetaConfig.ephemeral(clock=clock, watch_interval_seconds=3600.0)
+    with Moneta(config) as m:
+        index = seams["index"]
+        real_maintain = index.maintain
+        failures = []
+
+        def maintain() -> None:
+            if not failures:
+                failures.append("disk full")
+                raise OSError("disk full")
+            real_maintain()
+
+        index.maintain = maintain
+        v = unit_vector(rng)
+        first = m.deposit("first", v)
+        clock.advance(6.0)
+        second = m.deposit("second", v)  # runs the idle pass, which fails
+        assert failures == ["disk full"]
+        assert "idle sleep pass" in caplog.text
+        assert {h.entity_id for h in m.query(v, limit=5)} == {first, second}
+        assert m.run_sleep_pass().error is None  # the next pass runs normally

@@ -159,3 +159,16 @@ def test_no_background_decay_thread(clock: FakeClock) -> None:
         assert m.stats().sleep_passes == before.sleep_passes == 0
         assert hit.last_evaluated == clock() - 3.0
         assert hit.utility < 1.0
+
+
+def test_lambda_is_logged_when_it_changes(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="moneta.decay")
+    decay_rate(777.0)
+    caplog.clear()
+    assert decay_rate(777.0) == math.log(2) / 777.0
+    assert caplog.records == []  # unchanged: nothing logged
+    with Moneta(MonetaConfig.ephemeral(half_life_seconds=1234.0, auto_sleep=False)):
+        pass
+    [record] = caplog.records
+    assert "λ=" in record.getMessage() and "half-life 1234 s" in record.getMessage()
+    assert "previous 0.000892" in record.getMessage()  # ln 2 / 777

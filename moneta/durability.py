@@ -520,6 +520,8 @@ class WriteAheadLog:
         self._active: int | None = None
         self._size = 0  # bytes in the active segment
         self._dirty = False
+        self._retired: list[int] = []  # fds of rotated-out segments awaiting fsync + close
+        self._dir_dirty = False  # a segment was created since the last directory fsync
         self._closed = False
         self._tail_checked = False
         self._stop = threading.Event()
@@ -584,34 +586,57 @@ class WriteAheadLog:
             raise
 
     def rotate(self) -> int:
-        """Close the current segment and open the next; return the closed segment's number."""
+        """Close the current segment and open the next; return the closed segment's number.
+
+        Runs under the caller's lock at a checkpoint, so it does no disk wait: the
+        closed segment is fsynced and closed by the next ``sync`` (the timer), and
+        the new segment's directory entry with it. Its records were acknowledged by
+        ``os.write`` already; the snapshot that covers them is fsynced on its own.
+        With ``fsync_interval_s=0`` everything is synced here instead.
+        """
         with self._lock:
             if self._fd is None:
                 self._open_active_locked()
             closed, fd = self._active, self._fd
             assert closed is not None and fd is not None
-            os.fsync(fd)
-            os.close(fd)
             self._fd = None
+            if self.fsync_interval_s == 0:
+                os.fsync(fd)
+                os.close(fd)
+            else:
+                self._retired.append(fd)
             self._dirty = False
             self._open_segment_locked(closed + 1)
-            return closed
+        if self._syncer is None and self.fsync_interval_s > 0:
+            self._start_syncer()
+        return closed
 
     def sync(self) -> None:
-        """fsync the active segment now if anything was appended since the last fsync."""
+        """fsync whatever was written since the last sync: the active segment, rotated
+        segments (then closed) and the directory."""
         with self._lock:
-            if self._fd is None or not self._dirty:
-                return
-            fd = os.dup(self._fd)
+            active = os.dup(self._fd) if self._fd is not None and self._dirty else None
             self._dirty = False
+            retired, self._retired = self._retired, []
+            sync_dir, self._dir_dirty = self._dir_dirty, False
         try:
-            os.fsync(fd)
+            for fd in retired:
+                os.fsync(fd)
+            if active is not None:
+                os.fsync(active)
+            if sync_dir:
+                _fsync_dir(self.directory)
         except OSError:
             with self._lock:
-                self._dirty = True
+                self._dirty = self._dirty or active is not None
+                self._dir_dirty = self._dir_dirty or sync_dir
             raise
         finally:
-            os.close(fd)
+            if active is not None:
+                os.close(active)
+            for fd in retired:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def drop_through(self, segment: int) -> None:
         """Delete segments numbered <= ``segment`` (they are covered by a snapshot)."""
@@ -620,16 +645,18 @@ class WriteAheadLog:
                 raise ValueError(
                     f"segment must be below the active segment {self._active}, got {segment}"
                 )
-            removed = 0
-            for number in self.segments():
-                if number <= segment:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.segment_path(number).unlink()
-                    removed += 1
             # New segments must stay above everything a snapshot may cover.
             self._start_after = max(self._start_after, segment)
-            if removed:
-                _fsync_dir(self.directory)
+        # Covered segments are never appended to again, so unlinking them (and the
+        # directory fsync) needs no lock: appends go on meanwhile.
+        removed = 0
+        for number in self.segments():
+            if number <= segment:
+                with contextlib.suppress(FileNotFoundError):
+                    self.segment_path(number).unlink()
+                removed += 1
+        if removed:
+            _fsync_dir(self.directory)
 
     def close(self) -> None:
         """fsync and close. Idempotent."""
@@ -640,11 +667,20 @@ class WriteAheadLog:
         with self._lock:
             self._closed = True
             fd, self._fd = self._fd, None
+            retired, self._retired = self._retired, []
+            sync_dir, self._dir_dirty = self._dir_dirty, False
+        try:
+            for old in retired:
+                os.fsync(old)
             if fd is not None:
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                os.fsync(fd)
+            if sync_dir:
+                _fsync_dir(self.directory)
+        finally:
+            for old in [*retired, fd]:
+                if old is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(old)
 
     def __enter__(self) -> WriteAheadLog:
         return self
@@ -665,7 +701,10 @@ class WriteAheadLog:
         self._fd = os.open(self.segment_path(number), flags, 0o644)
         self._active = number
         self._size = 0
-        _fsync_dir(self.directory)
+        if self.fsync_interval_s == 0:
+            _fsync_dir(self.directory)
+        else:
+            self._dir_dirty = True
 
     def _start_syncer(self) -> None:
         with self._lock:

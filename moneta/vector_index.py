@@ -1,137 +1,237 @@
 """In-memory ``VectorIndex``: exact cosine search over numpy columns.
 
 Used by ``memory://`` stores (and wherever no persistent backend is configured).
-It keeps the protocol's group-commit shape — upserts and deletes are buffered and
-applied by ``commit`` — so the handle is exercised exactly as with a persistent
-index; reads see buffered writes. Nothing here survives the process.
+Nothing here survives the process.
+
+Records live in columns, not as objects: one partition per ``EntityState``, each a
+float32 vector matrix (as given, with a column of inverse norms so search needs no
+normalised copy) plus scalar columns and payload/link lists. ``get`` and ``search``
+build ``VectorRecord`` copies on the way out. Partitioning by state keeps the
+handle's cold-tier search (``states={CONSOLIDATED}``) proportional to the
+consolidated rows instead of scanning and gathering every hot row.
+
+Writes are applied when they are made (an upsert is a row append, a delete a
+swap-with-last), so no group commit ever holds the lock for thousands of rows
+while a deposit waits; ``commit`` only counts. Reads therefore always see every
+write, which is what the protocol asks of buffered writes too.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 import numpy as np
 
+from moneta.ecs import MIN_CAPACITY, allocate, reserve
 from moneta.protocols import VectorRecord
 from moneta.types import EntityState
 
-_MIN_CAPACITY = 1024
+
+class _Partition:
+    """The records of one state, column-wise; rows are compacted on removal."""
+
+    def __init__(self, state: EntityState, dim: int, capacity: int) -> None:
+        self.state = state
+        self.dim = dim
+        self.n = 0
+        self._capacity = 0
+        self.ids: list[UUID] = []
+        self.payloads: list[str] = []
+        self.links: list[str | None] = []
+        self.row: dict[UUID, int] = {}
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        n = self.n
+        vectors = allocate(capacity, (self.dim,), np.float32, max(n, MIN_CAPACITY))
+        capacity = vectors.shape[0]
+        columns = {
+            "inv_norm": np.float32,
+            "utility": np.float64,
+            "attended": np.int64,
+            "floor": np.float64,
+            "last": np.float64,
+        }
+        fresh = {name: np.empty(capacity, dtype=dtype) for name, dtype in columns.items()}
+        if n:
+            vectors[:n] = self.vectors[:n]
+            for name, column in fresh.items():
+                column[:n] = getattr(self, name)[:n]
+        self.vectors = vectors
+        for name, column in fresh.items():
+            setattr(self, name, column)
+        self._capacity = capacity
+
+    def append(self, records: Sequence[VectorRecord]) -> None:
+        k = len(records)
+        start, end = self.n, self.n + k
+        if end > self._capacity:
+            capacity = max(MIN_CAPACITY, self._capacity)
+            while capacity < end:
+                capacity *= 2
+            self._allocate(capacity)
+        block = self.vectors[start:end]
+        if k == 1:
+            block[0] = records[0].vector
+        else:
+            np.stack([r.vector for r in records], out=block)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        np.divide(1.0, norms, out=self.inv_norm[start:end], where=norms > 0)
+        self.inv_norm[start:end][norms == 0] = 0.0
+        self.utility[start:end] = [r.utility for r in records]
+        self.attended[start:end] = [r.attended_count for r in records]
+        self.floor[start:end] = [r.protected_floor for r in records]
+        self.last[start:end] = [r.last_evaluated for r in records]
+        for offset, record in enumerate(records):
+            self.row[record.entity_id] = start + offset
+            self.ids.append(record.entity_id)
+            self.payloads.append(record.payload)
+            self.links.append(record.usd_link)
+        self.n = end
+
+    def write(self, row: int, record: VectorRecord) -> None:
+        self.vectors[row] = record.vector
+        norm = math.sqrt(float(np.dot(self.vectors[row], self.vectors[row])))
+        self.inv_norm[row] = 1.0 / norm if norm > 0 else 0.0
+        self.utility[row] = record.utility
+        self.attended[row] = record.attended_count
+        self.floor[row] = record.protected_floor
+        self.last[row] = record.last_evaluated
+        self.payloads[row] = record.payload
+        self.links[row] = record.usd_link
+
+    def remove(self, rows: Iterable[int]) -> None:
+        doomed = np.unique(np.fromiter(rows, dtype=np.int64))
+        if doomed.size == 0:
+            return
+        n = self.n
+        new_n = n - doomed.size
+        holes = doomed[doomed < new_n]
+        tail = np.arange(new_n, n, dtype=np.int64)
+        movers = tail[~np.isin(tail, doomed, assume_unique=True)]
+        ids, row = self.ids, self.row
+        for r in doomed.tolist():
+            del row[ids[r]]
+        if holes.size:
+            self.vectors[holes] = self.vectors[movers]
+            for column in (self.inv_norm, self.utility, self.attended, self.floor, self.last):
+                column[holes] = column[movers]
+            payloads, links = self.payloads, self.links
+            for hole, mover in zip(holes.tolist(), movers.tolist(), strict=True):
+                ids[hole] = ids[mover]
+                payloads[hole] = payloads[mover]
+                links[hole] = links[mover]
+                row[ids[hole]] = hole
+        del self.ids[new_n:], self.payloads[new_n:], self.links[new_n:]
+        self.n = new_n
+
+    def record(self, row: int) -> VectorRecord:
+        return VectorRecord(
+            entity_id=self.ids[row],
+            vector=self.vectors[row].copy(),
+            payload=self.payloads[row],
+            utility=float(self.utility[row]),
+            attended_count=int(self.attended[row]),
+            protected_floor=float(self.floor[row]),
+            last_evaluated=float(self.last[row]),
+            state=self.state,
+            usd_link=self.links[row],
+        )
+
+    def top(self, query: np.ndarray, limit: int) -> list[tuple[float, int]]:
+        """(cosine, row) of the best ``limit`` rows, best first."""
+        n = self.n
+        if n == 0:
+            return []
+        scores = self.vectors[:n] @ query
+        scores *= self.inv_norm[:n]
+        k = min(limit, n)
+        top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(float(scores[r]), int(r)) for r in top]
 
 
 class InMemoryVectorIndex:
-    """Exact cosine index; vectors are stored L2-normalised (float32)."""
+    """Exact cosine index over numpy columns, partitioned by entity state."""
 
     def __init__(self, dim: int | None = None) -> None:
         self._lock = threading.Lock()
         self._dim = dim
-        self._n = 0
-        self._capacity = 0
-        self._vectors = np.empty((0, dim or 0), dtype=np.float32)
-        self._state = np.empty(0, dtype=np.int8)
-        self._records: list[VectorRecord] = []
-        self._row: dict[UUID, int] = {}
-        self._pending: dict[UUID, VectorRecord | None] = {}  # None = buffered delete
+        self._parts: dict[EntityState, _Partition] = {}
         self.commits = 0
 
     @property
     def dim(self) -> int | None:
         return self._dim
 
+    def _part(self, state: EntityState) -> _Partition:
+        part = self._parts.get(state)
+        if part is None:
+            assert self._dim is not None
+            # Every deposit is VOLATILE: reserve its partition like the hot tier.
+            wanted = reserve(0, 4 * self._dim) if state == EntityState.VOLATILE else MIN_CAPACITY
+            part = self._parts[state] = _Partition(EntityState(state), self._dim, wanted)
+        return part
+
+    def _find(self, entity_id: UUID) -> tuple[_Partition, int] | None:
+        for part in self._parts.values():
+            row = part.row.get(entity_id)
+            if row is not None:
+                return part, row
+        return None
+
     # --- writes ----------------------------------------------------------------
 
     def upsert(self, records: Sequence[VectorRecord]) -> None:
+        records = [_checked(r, self._dim) for r in records]
+        if not records:
+            return
         with self._lock:
-            for record in records:
-                vector = np.asarray(record.vector, dtype=np.float32)
-                if vector.ndim != 1 or vector.size == 0:
-                    raise ValueError(f"record {record.entity_id}: vector must be 1-D, non-empty")
-                if self._dim is None:
-                    self._dim = int(vector.size)
-                elif vector.size != self._dim:
+            dim = self._dim
+            for r in records:
+                size = r.vector.shape[0]
+                if dim is None:
+                    dim = size
+                elif size != dim:
                     raise ValueError(
-                        f"record {record.entity_id}: vector dimension {vector.size}"
-                        f" != index dimension {self._dim}"
+                        f"record {r.entity_id}: vector dimension {size} != index dimension {dim}"
                     )
-            for record in records:
-                self._pending[record.entity_id] = record
+            self._dim = dim
+            # The last write of an id wins, as if the records were applied in order.
+            latest = {r.entity_id: r for r in records}
+            fresh: dict[EntityState, list[VectorRecord]] = {}
+            moved: dict[int, tuple[_Partition, list[int]]] = {}
+            for record in latest.values():
+                found = self._find(record.entity_id)
+                if found is not None:
+                    part, row = found
+                    if part.state == record.state:
+                        part.write(row, record)
+                        continue
+                    moved.setdefault(id(part), (part, []))[1].append(row)
+                fresh.setdefault(EntityState(record.state), []).append(record)
+            for part, rows in moved.values():
+                part.remove(rows)
+            for state, group in fresh.items():
+                self._part(state).append(group)
 
     def delete(self, entity_ids: Iterable[UUID]) -> None:
         with self._lock:
-            for entity_id in entity_ids:
-                self._pending[entity_id] = None
+            doomed: dict[int, tuple[_Partition, list[int]]] = {}
+            for entity_id in set(entity_ids):
+                found = self._find(entity_id)
+                if found is not None:
+                    doomed.setdefault(id(found[0]), (found[0], []))[1].append(found[1])
+            for part, rows in doomed.values():
+                part.remove(rows)
 
     def commit(self) -> None:
+        """Writes are applied when made; a commit only counts (no lock held for long)."""
         with self._lock:
-            self._apply_pending()
             self.commits += 1
-
-    def _apply_pending(self) -> None:
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, {}
-        doomed = [self._row[e] for e, rec in pending.items() if rec is None and e in self._row]
-        if doomed:
-            self._remove_rows(np.asarray(doomed, dtype=np.int64))
-        fresh: list[VectorRecord] = []
-        for entity_id, record in pending.items():
-            if record is None:
-                continue
-            row = self._row.get(entity_id)
-            if row is None:
-                fresh.append(record)
-            else:
-                self._write_row(row, record)
-        if fresh:
-            self._append(fresh)
-
-    def _write_row(self, row: int, record: VectorRecord) -> None:
-        self._vectors[row] = _normalised(record.vector)
-        self._state[row] = int(record.state)
-        self._records[row] = record
-
-    def _append(self, records: list[VectorRecord]) -> None:
-        dim = self._dim or 0
-        needed = self._n + len(records)
-        if needed > self._capacity:
-            capacity = max(_MIN_CAPACITY, self._capacity)
-            while capacity < needed:
-                capacity *= 2
-            vectors = np.empty((capacity, dim), dtype=np.float32)
-            if self._n:
-                vectors[: self._n] = self._vectors[: self._n]
-            state = np.empty(capacity, dtype=np.int8)
-            state[: self._n] = self._state[: self._n]
-            self._vectors, self._state, self._capacity = vectors, state, capacity
-        block = np.stack([np.asarray(r.vector, dtype=np.float32) for r in records])
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        np.divide(block, norms, out=block, where=norms > 0)
-        start = self._n
-        self._vectors[start:needed] = block
-        self._state[start:needed] = [int(r.state) for r in records]
-        for offset, record in enumerate(records):
-            self._row[record.entity_id] = start + offset
-        self._records.extend(records)
-        self._n = needed
-
-    def _remove_rows(self, doomed: np.ndarray) -> None:
-        doomed = np.unique(doomed)
-        n = self._n
-        new_n = n - doomed.size
-        holes = doomed[doomed < new_n]
-        tail = np.arange(new_n, n, dtype=np.int64)
-        movers = tail[~np.isin(tail, doomed, assume_unique=True)]
-        for row in doomed.tolist():
-            del self._row[self._records[row].entity_id]
-        if holes.size:
-            self._vectors[holes] = self._vectors[movers]
-            self._state[holes] = self._state[movers]
-            for hole, mover in zip(holes.tolist(), movers.tolist(), strict=True):
-                self._records[hole] = self._records[mover]
-                self._row[self._records[hole].entity_id] = hole
-        del self._records[new_n:]
-        self._n = new_n
 
     # --- reads -----------------------------------------------------------------
 
@@ -139,14 +239,9 @@ class InMemoryVectorIndex:
         with self._lock:
             found = []
             for entity_id in entity_ids:
-                if entity_id in self._pending:
-                    record = self._pending[entity_id]
-                    if record is not None:
-                        found.append(record)
-                    continue
-                row = self._row.get(entity_id)
-                if row is not None:
-                    found.append(self._records[row])
+                hit = self._find(entity_id)
+                if hit is not None:
+                    found.append(hit[0].record(hit[1]))
             return found
 
     def search(
@@ -159,34 +254,24 @@ class InMemoryVectorIndex:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         with self._lock:
-            self._apply_pending()
-            if self._n == 0:
+            parts = [
+                p for p in self._parts.values() if p.n and (states is None or p.state in states)
+            ]
+            if not parts:
                 return []
-            query = _normalised(vector)
-            if states is None:
-                candidates = np.arange(self._n)
-                scores = self._vectors[: self._n] @ query
-            else:
-                wanted = np.fromiter((int(s) for s in states), dtype=np.int8)
-                candidates = np.flatnonzero(np.isin(self._state[: self._n], wanted))
-                if candidates.size == 0:
-                    return []
-                scores = self._vectors[candidates] @ query
-            k = min(limit, scores.size)
-            top = np.argpartition(-scores, k - 1)[:k]
-            top = top[np.argsort(-scores[top], kind="stable")]
-            return [(self._records[int(candidates[i])], float(scores[i])) for i in top]
+            query = np.asarray(vector, dtype=np.float32).reshape(-1)
+            if query.shape[0] != self._dim:
+                raise ValueError(f"query dimension {query.shape[0]} != index dimension {self._dim}")
+            norm = math.sqrt(float(np.dot(query, query)))
+            if norm > 0:
+                query = query / norm
+            hits = [(score, part, row) for part in parts for score, row in part.top(query, limit)]
+            hits.sort(key=lambda hit: hit[0], reverse=True)
+            return [(part.record(row), score) for score, part, row in hits[:limit]]
 
     def count(self) -> int:
         with self._lock:
-            extra = 0
-            for entity_id, record in self._pending.items():
-                present = entity_id in self._row
-                if record is None and present:
-                    extra -= 1
-                elif record is not None and not present:
-                    extra += 1
-            return self._n + extra
+            return sum(part.n for part in self._parts.values())
 
     def maintain(self) -> None:
         """Nothing to compact in memory."""
@@ -195,7 +280,25 @@ class InMemoryVectorIndex:
         self.commit()
 
 
-def _normalised(vector: np.ndarray) -> np.ndarray:
-    v = np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(v))
-    return v / norm if norm > 0 else v
+def _checked(record: VectorRecord, dim: int | None) -> VectorRecord:
+    """The record with its vector as a 1-D float32 array, or ValueError."""
+    vector = record.vector
+    if not (
+        type(vector) is np.ndarray
+        and vector.dtype == np.float32
+        and vector.ndim == 1
+        and vector.shape[0] > 0
+    ):
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.ndim != 1 or vector.size == 0:
+            raise ValueError(f"record {record.entity_id}: vector must be 1-D, non-empty")
+        record = VectorRecord(
+            record.entity_id, vector, record.payload, record.utility, record.attended_count,
+            record.protected_floor, record.last_evaluated, record.state, record.usd_link,
+        )  # fmt: skip
+    if dim is not None and vector.shape[0] != dim:
+        raise ValueError(
+            f"record {record.entity_id}: vector dimension {vector.shape[0]}"
+            f" != index dimension {dim}"
+        )
+    return record

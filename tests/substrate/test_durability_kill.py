@@ -27,8 +27,9 @@ DIM = 384
 ROUNDS = ((0, 260), (100_000, 200))  # (first deposit index, deposits seen before the kill)
 
 # Deposits forever, printing "D <index> <id>" after each deposit returns and
-# "A <id> <id>" after each signal_attention returns. Checkpoints are frequent so
-# kills also land around snapshot writes.
+# "A <id> <id>" after each signal_attention returns, each line with one write (so a
+# line is never half printed, even under PYTHONUNBUFFERED). Checkpoints are frequent
+# so kills also land around snapshot writes.
 CHILD = """
 import sys
 import numpy as np
@@ -39,18 +40,21 @@ from tests.substrate.test_durability_kill import vector_for
 store, start = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(start)
 config = MonetaConfig(storage_uri=store, checkpoint_every_records=64)
+def say(line):
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
 with Moneta(config) as m:
     acked = []
     i = start
     while True:
         entity_id = m.deposit(f"memory {i}", vector_for(i).tolist())
-        print(f"D {i} {entity_id}", flush=True)
+        say(f"D {i} {entity_id}")
         acked.append(entity_id)
         if i % 2 == 0 and len(acked) >= 2:
             picks = rng.choice(len(acked), size=2, replace=False)
             targets = [acked[int(k)] for k in picks]
             m.signal_attention({t: 0.05 for t in targets})
-            print("A " + " ".join(str(t) for t in targets), flush=True)
+            say("A " + " ".join(str(t) for t in targets))
         i += 1
 """
 
@@ -101,7 +105,8 @@ def _run_and_kill(store: Path, start: int, kill_after: int, acked: _Acked) -> No
                 chunk = os.read(fd, 65536)
                 assert chunk, f"child exited early: {err.read_text()}"
                 buffer += chunk
-                seen = buffer.count(b"\nD ") + buffer.startswith(b"D ")
+                complete = buffer.split(b"\n")[:-1]
+                seen = sum(1 for line in complete if line.startswith(b"D "))
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=60)
@@ -125,7 +130,7 @@ def test_kill_9_mid_stream_loses_no_acknowledged_deposit_or_signal(tmp_path: Pat
 
     with Moneta(MonetaConfig(storage_uri=str(store), auto_sleep=False)) as m:
         m.run_sleep_pass()  # applies the recovered, still-pending attention signals
-        missing, wrong_payload, wrong_count = [], [], []
+        missing, wrong_payload, wrong_count, unacked_signal = [], [], [], []
         for entity_id, index in acked.deposits.items():
             hits = m.query(vector_for(index).tolist(), limit=1)
             if not hits or hits[0].entity_id != entity_id:
@@ -133,13 +138,19 @@ def test_kill_9_mid_stream_loses_no_acknowledged_deposit_or_signal(tmp_path: Pat
                 continue
             if hits[0].payload != f"memory {index}":
                 wrong_payload.append(index)
-            if hits[0].attended_count != acked.signals[entity_id]:
+            extra = hits[0].attended_count - acked.signals[entity_id]
+            if extra == 1:
+                unacked_signal.append(index)
+            elif extra != 0:
                 wrong_count.append((index, hits[0].attended_count, acked.signals[entity_id]))
         stats = m.stats()
 
     assert missing == [], f"{len(missing)} of {len(acked.deposits)} acknowledged deposits lost"
     assert wrong_payload == []
     assert wrong_count == [], f"attention lost or doubled for {len(wrong_count)} memories"
+    # A signal_attention call (two ids) may have returned just before the kill,
+    # without its line printed: one such call per killed child at most.
+    assert len(unacked_signal) <= 2 * len(ROUNDS), unacked_signal
     # Nothing beyond the acknowledged deposits plus at most one unacknowledged deposit
     # per killed child (written, then killed before its print).
     assert len(acked.deposits) <= _entity_count(stats) <= len(acked.deposits) + len(ROUNDS)

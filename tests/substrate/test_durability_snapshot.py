@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -243,12 +244,17 @@ def test_snapshot_racing_appends_loses_and_duplicates_nothing(tmp_path: Path) ->
     stop = threading.Event()
     errors: list[BaseException] = []
     snapshots_taken = 0
+    signals_acked = 0
+    deadline = time.monotonic() + 60
 
     def writer(seed: int) -> None:
+        nonlocal signals_acked
         rng = np.random.default_rng(seed)
         vector = np.ones(dim, dtype=np.float32)
         try:
-            for i in range(600):
+            i = 0
+            # At least 600 deposits each, and on until three snapshots raced them.
+            while i < 600 or (snapshots_taken < 3 and time.monotonic() < deadline):
                 eid = uuid.uuid4()
                 with state_lock:
                     wal.append(DepositRecord(eid, f"{seed}:{i}", vector, 0.0, float(i)))
@@ -260,6 +266,8 @@ def test_snapshot_racing_appends_loses_and_duplicates_nothing(tmp_path: Path) ->
                         wal.append(AttentionRecord(picks, np.full(3, 0.1), float(i)))
                         for p in picks:
                             acked[p] += 1
+                        signals_acked += 3
+                i += 1
         except Exception as exc:
             errors.append(exc)
 
@@ -323,7 +331,7 @@ def test_snapshot_racing_appends_loses_and_duplicates_nothing(tmp_path: Path) ->
     reader.close()
     wal.close()
 
-    assert len(acked) == 4 * 600
+    assert len(acked) >= 4 * 600
     assert len(recovered) == len(acked)
     assert recovered == acked
-    assert sum(recovered.values()) == 4 * 300 * 3
+    assert sum(recovered.values()) == signals_acked >= 4 * 300 * 3

@@ -1,0 +1,371 @@
+"""The hot tier: one row per entity in flat numpy columns (struct of arrays).
+
+Vectors are stored L2-normalised (float32) so cosine similarity is a dot product.
+Capacity is reserved generously with ``np.empty`` (see ``reserve``): the OS commits
+pages only when rows are written, so the reservation costs address space, not
+memory, and a deposit never waits for a column to be copied until the reservation
+(about a gigabyte of vectors) is used up; past it the columns double.
+
+Rows are removed by moving the last rows into the holes (swap with last), done for
+many rows at once, so removal never shifts the whole table. Not thread-safe: the
+handle serialises every mutation under its lock.
+
+Snapshots do not copy the vectors. ``image`` hands out views of the vector and id
+columns and remembers them; rows below the image's length change only through
+``remove_rows``, which first moves the table to fresh columns (copy on write) while
+such a view is alive, so a snapshot being written outside the lock never sees a
+half-moved table.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from uuid import UUID, SafeUUID
+
+import numpy as np
+
+from moneta.durability import HotImage
+from moneta.protocols import VectorRecord
+from moneta.types import EntityState, Memory
+
+MIN_CAPACITY = 1024
+# Address space reserved up front for the widest column (the vectors). Untouched
+# pages cost nothing, so this only moves the first copying growth far out.
+RESERVE_BYTES = 1 << 30
+
+
+def reserve(rows: int, row_bytes: int) -> int:
+    """Rows to allocate for a column group that needs ``rows`` now."""
+    return max(MIN_CAPACITY, rows, RESERVE_BYTES // max(1, row_bytes))
+
+
+def allocate(capacity: int, tail: tuple[int, ...], dtype: type, minimum: int) -> np.ndarray:
+    """``np.empty`` of ``capacity`` rows, settling for fewer (>= ``minimum``) if the OS
+    refuses the address space (strict overcommit)."""
+    while True:
+        try:
+            return np.empty((capacity, *tail), dtype=dtype)
+        except MemoryError:
+            if capacity <= minimum:
+                raise
+            capacity = max(minimum, capacity // 2)
+
+
+def uuids_from_bytes(raw: np.ndarray) -> list[UUID]:
+    """UUIDs from an ``(n, 16) uint8`` column, without ``UUID.__init__``'s parsing
+    (about 3x faster; a store reopens 100k ids)."""
+    if raw.shape[0] == 0:
+        return []
+    halves = np.ascontiguousarray(raw, dtype=np.uint8).view(">u8")
+    new, set_field, unknown = object.__new__, object.__setattr__, SafeUUID.unknown
+    ids = []
+    for hi, lo in zip(halves[:, 0].tolist(), halves[:, 1].tolist(), strict=True):
+        u = new(UUID)
+        set_field(u, "int", (hi << 64) | lo)
+        set_field(u, "is_safe", unknown)
+        ids.append(u)
+    return ids
+
+
+@dataclass(slots=True)
+class Columns:
+    """The per-row scalar columns, as views of the live table or as copies."""
+
+    utility: np.ndarray  # float64
+    attended: np.ndarray  # int64
+    floor: np.ndarray  # float64
+    last_evaluated: np.ndarray  # float64
+    state: np.ndarray  # int8
+
+    def copy(self) -> Columns:
+        return Columns(
+            self.utility.copy(),
+            self.attended.copy(),
+            self.floor.copy(),
+            self.last_evaluated.copy(),
+            self.state.copy(),
+        )
+
+
+class HotTier:
+    """Struct-of-arrays table of the hot memories with an id → row index."""
+
+    def __init__(self, dim: int | None = None, capacity: int = MIN_CAPACITY) -> None:
+        self._capacity = max(MIN_CAPACITY, capacity)
+        self._n = 0
+        self._dim: int | None = None
+        self._vectors = np.empty((0, 0), dtype=np.float32)
+        self._allocate_scalars(self._capacity)
+        self._image_views: list[weakref.ref[np.ndarray]] = []
+        self.ids: list[UUID] = []
+        self.payloads: list[str] = []
+        self.usd_links: list[str | None] = []
+        self._row: dict[UUID, int] = {}
+        if dim is not None:
+            self.set_dim(dim)
+
+    # --- shape -----------------------------------------------------------------
+
+    @property
+    def dim(self) -> int | None:
+        return self._dim
+
+    def _allocate_scalars(self, capacity: int) -> None:
+        self._uuid_bytes = np.empty((capacity, 16), dtype=np.uint8)
+        self._utility = np.empty(capacity, dtype=np.float64)
+        self._attended = np.empty(capacity, dtype=np.int64)
+        self._floor = np.empty(capacity, dtype=np.float64)
+        self._last = np.empty(capacity, dtype=np.float64)
+        self._state = np.empty(capacity, dtype=np.int8)
+
+    def set_dim(self, dim: int) -> None:
+        """Fix the embedding dimension (once) and reserve the vector column."""
+        if self._dim is not None:
+            if dim != self._dim:
+                raise ValueError(f"embedding dimension is fixed at {self._dim}, got {dim}")
+            return
+        wanted = reserve(self._capacity, 4 * dim)
+        vectors = allocate(wanted, (dim,), np.float32, self._capacity)
+        if vectors.shape[0] > self._capacity and self._n == 0:
+            self._capacity = vectors.shape[0]
+            self._allocate_scalars(self._capacity)
+        self._dim = dim
+        self._vectors = vectors
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, entity_id: object) -> bool:
+        return entity_id in self._row
+
+    def _grow(self, needed: int) -> None:
+        capacity = self._capacity
+        while capacity < needed:
+            capacity *= 2
+        if capacity == self._capacity:
+            return
+        n = self._n
+
+        def grown(column: np.ndarray) -> np.ndarray:
+            new = np.empty((capacity, *column.shape[1:]), dtype=column.dtype)
+            new[:n] = column[:n]
+            return new
+
+        if self._dim is not None:
+            self._vectors = grown(self._vectors)
+        self._uuid_bytes = grown(self._uuid_bytes)
+        self._utility = grown(self._utility)
+        self._attended = grown(self._attended)
+        self._floor = grown(self._floor)
+        self._last = grown(self._last)
+        self._state = grown(self._state)
+        self._capacity = capacity
+        self._image_views = []  # images read the old columns, which no longer change
+
+    # --- views -----------------------------------------------------------------
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(n, dim) view of the live vectors."""
+        return self._vectors[: self._n]
+
+    def columns(self) -> Columns:
+        """Views of the live scalar columns; writes through them change the table."""
+        n = self._n
+        return Columns(
+            self._utility[:n], self._attended[:n], self._floor[:n], self._last[:n], self._state[:n]
+        )
+
+    def row_of(self, entity_id: UUID) -> int | None:
+        return self._row.get(entity_id)
+
+    def rows_of(self, entity_ids: Iterable[UUID]) -> np.ndarray:
+        """Row per id, -1 where the id is not hot."""
+        get = self._row.get
+        return np.fromiter((get(e, -1) for e in entity_ids), dtype=np.int64)
+
+    def count_state(self, state: EntityState) -> int:
+        return int(np.count_nonzero(self._state[: self._n] == state))
+
+    # --- mutation --------------------------------------------------------------
+
+    def append(
+        self,
+        entity_id: UUID,
+        vector: np.ndarray,
+        payload: str,
+        *,
+        floor: float,
+        utility: float,
+        attended: int,
+        last_evaluated: float,
+        state: EntityState = EntityState.VOLATILE,
+        usd_link: str | None = None,
+    ) -> int:
+        """Add one row (vector already normalised, dim already fixed); return its row."""
+        if entity_id in self._row:
+            raise ValueError(f"entity {entity_id} is already in the hot tier")
+        if self._dim is None:
+            self.set_dim(int(vector.shape[0]))
+        row = self._n
+        if row == self._capacity:
+            self._grow(row + 1)
+        self._vectors[row] = vector
+        self._uuid_bytes[row] = np.frombuffer(entity_id.bytes, dtype=np.uint8)
+        self._utility[row] = utility
+        self._attended[row] = attended
+        self._floor[row] = floor
+        self._last[row] = last_evaluated
+        self._state[row] = state
+        self.ids.append(entity_id)
+        self.payloads.append(payload)
+        self.usd_links.append(usd_link)
+        self._row[entity_id] = row
+        self._n = row + 1
+        return row
+
+    def remove_rows(self, rows: np.ndarray | Sequence[int]) -> list[UUID]:
+        """Remove rows (unique, in range); return the removed ids.
+
+        The surviving rows from the tail move into the holes below the new length,
+        one vectorised copy per column.
+        """
+        doomed = np.unique(np.asarray(rows, dtype=np.int64))
+        if doomed.size == 0:
+            return []
+        self._unshare_imaged_columns()
+        n = self._n
+        new_n = n - doomed.size
+        removed = [self.ids[r] for r in doomed.tolist()]
+        holes = doomed[doomed < new_n]
+        tail = np.arange(new_n, n, dtype=np.int64)
+        movers = tail[~np.isin(tail, doomed, assume_unique=True)]
+        if holes.size:
+            if self._dim is not None:
+                self._vectors[holes] = self._vectors[movers]
+            for column in (
+                self._uuid_bytes,
+                self._utility,
+                self._attended,
+                self._floor,
+                self._last,
+                self._state,
+            ):
+                column[holes] = column[movers]
+        for entity_id in removed:
+            del self._row[entity_id]
+        ids, payloads, links, index = self.ids, self.payloads, self.usd_links, self._row
+        for hole, mover in zip(holes.tolist(), movers.tolist(), strict=True):
+            ids[hole] = ids[mover]
+            payloads[hole] = payloads[mover]
+            links[hole] = links[mover]
+            index[ids[hole]] = hole
+        del ids[new_n:], payloads[new_n:], links[new_n:]
+        self._n = new_n
+        return removed
+
+    def _unshare_imaged_columns(self) -> None:
+        """Copy on write: move to fresh vector/id columns while a snapshot image still
+        reads the current ones, so rows the image covers never change under it."""
+        alive = [ref for ref in self._image_views if ref() is not None]
+        self._image_views = []
+        if not alive:
+            return
+        n = self._n
+        if self._dim is not None:
+            vectors = np.empty_like(self._vectors)
+            vectors[:n] = self._vectors[:n]
+            self._vectors = vectors
+        ids = np.empty_like(self._uuid_bytes)
+        ids[:n] = self._uuid_bytes[:n]
+        self._uuid_bytes = ids
+
+    def set_usd_link(self, row: int, link: str | None) -> None:
+        self.usd_links[row] = link
+
+    # --- copies out ------------------------------------------------------------
+
+    def memory(self, row: int, utility: float | None = None) -> Memory:
+        """An immutable copy of one row, optionally with a (decayed) utility."""
+        return Memory(
+            entity_id=self.ids[row],
+            payload=self.payloads[row],
+            semantic_vector=tuple(self._vectors[row].tolist()),
+            utility=float(self._utility[row] if utility is None else utility),
+            attended_count=int(self._attended[row]),
+            protected_floor=float(self._floor[row]),
+            last_evaluated=float(self._last[row]),
+            state=EntityState(int(self._state[row])),
+            usd_link=self.usd_links[row],
+        )
+
+    def image(self, meta: dict) -> HotImage:
+        """The table for a snapshot (call under the handle's lock).
+
+        Scalar columns and the string lists are copied (small); the vector and id
+        columns are views, protected by copy on write in ``remove_rows`` for as long
+        as the image is alive, so taking an image costs no vector copy and the
+        snapshot can be written outside the lock while deposits continue.
+        """
+        n = self._n
+        if self._dim is not None:
+            vectors = self._vectors[:n]
+            self._image_views.append(weakref.ref(vectors))
+        else:
+            vectors = np.empty((0, 0), dtype=np.float32)
+        entity_ids = self._uuid_bytes[:n]
+        self._image_views.append(weakref.ref(entity_ids))
+        return HotImage(
+            entity_ids=entity_ids,
+            vectors=vectors,
+            utility=self._utility[:n].copy(),
+            attended_count=self._attended[:n].copy(),
+            protected_floor=self._floor[:n].copy(),
+            last_evaluated=self._last[:n].copy(),
+            state=self._state[:n].copy(),
+            payloads=self.payloads[:n],
+            usd_links=self.usd_links[:n],
+            meta=dict(meta),
+        )
+
+    def records(self, rows: Sequence[int] | np.ndarray) -> list[VectorRecord]:
+        """Vector-index records of ``rows`` (state VOLATILE), built column-wise: one
+        vector copy and one conversion per column instead of per-row indexing."""
+        rows = np.asarray(rows, dtype=np.int64)
+        vectors = self._vectors[rows]  # fancy indexing copies
+        utility = self._utility[rows].tolist()
+        attended = self._attended[rows].tolist()
+        floor = self._floor[rows].tolist()
+        last = self._last[rows].tolist()
+        ids, payloads = self.ids, self.payloads
+        volatile = EntityState.VOLATILE
+        return [
+            VectorRecord(ids[r], vectors[i], payloads[r], utility[i], attended[i], floor[i],
+                         last[i], volatile)
+            for i, r in enumerate(rows.tolist())
+        ]  # fmt: skip
+
+    @classmethod
+    def from_image(cls, image: HotImage, *, capacity: int = MIN_CAPACITY) -> HotTier:
+        """Rebuild the table from a snapshot image (bulk column copies)."""
+        n = int(image.utility.shape[0])
+        dim = image.meta.get("embedding_dim")
+        if dim is None and n:
+            dim = int(image.vectors.shape[1])
+        hot = cls(dim=dim, capacity=max(capacity, n))
+        if n:
+            hot._vectors[:n] = image.vectors
+            hot._uuid_bytes[:n] = image.entity_ids
+            hot._utility[:n] = image.utility
+            hot._attended[:n] = image.attended_count
+            hot._floor[:n] = image.protected_floor
+            hot._last[:n] = image.last_evaluated
+            hot._state[:n] = image.state
+            hot.ids = uuids_from_bytes(image.entity_ids)
+            hot.payloads = list(image.payloads)
+            hot.usd_links = list(image.usd_links)
+            hot._row = dict(zip(hot.ids, range(n), strict=True))
+            hot._n = n
+        return hot

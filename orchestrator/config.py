@@ -112,6 +112,8 @@ class ReviewConfig:
     request_timeout: float = 600.0
     noise: NoiseControls = field(default_factory=NoiseControls)
     extra: dict[str, object] = field(default_factory=dict)
+    # model id or glob -> USD per million tokens by kind (see `orchestrator.cost`)
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A config rebuilt from JSON (e.g. carried by a queued job) holds a plain dict.
@@ -257,6 +259,7 @@ _TOP_KEYS = {
     "run": "table",
     "snapshot": "table",
     "noise": "table",
+    "prices": "table",
     "roles": "array",
     "themes": "array",
 }
@@ -507,6 +510,30 @@ def _check_noise(
         out["noise"] = NoiseControls(**kw, path_instructions=tuple(built))  # type: ignore[arg-type]
 
 
+PRICE_KINDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+
+
+def _check_prices(ck: _Checker, prices: dict[str, object], out: dict[str, object]) -> None:
+    """`[prices."<model id or glob>"]`: USD per million tokens; `input` and `output` required."""
+    built: dict[str, dict[str, float]] = {}
+    for model, table in prices.items():
+        p: KeyPath = ("prices", model)
+        if not isinstance(table, dict):
+            ck.add(p, f'must be a table ([prices."{model}"]), got {_toml_type(table)}')
+            continue
+        ck.unknown_keys(p, table, set(PRICE_KINDS))
+        entry: dict[str, float] = {}
+        for kind in PRICE_KINDS:
+            if kind in table:
+                value = ck.number((*p, kind), table[kind], 0.0, 10_000.0)
+                if value is not None:
+                    entry[kind] = value
+            elif kind in ("input", "output"):
+                ck.add(p, f"missing required key {kind!r} (USD per million tokens)")
+        built[model] = entry
+    out["prices"] = built
+
+
 def _check_roles(ck: _Checker, roles: list[object]) -> list[Role] | None:
     built: list[Role] = []
     seen: dict[str, int] = {}
@@ -677,6 +704,9 @@ def _check_document(ck: _Checker, doc: dict[str, object]) -> ReviewConfig | None
     noise = doc.get("noise", {})
     if isinstance(noise, dict):
         _check_noise(ck, noise, out, prefixes)
+    prices = doc.get("prices", {})
+    if isinstance(prices, dict):
+        _check_prices(ck, prices, out)
     if themes_raw is None:
         ck.add(("themes",), "missing [[themes]] tables")
     elif isinstance(themes_raw, list) and themes_raw:

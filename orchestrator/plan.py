@@ -246,7 +246,7 @@ def dry_run_plan(inputs: RunInputs, max_loops: int | None = None) -> dict[str, A
     """Every call a run would make, with prompt sizes, token and cost estimates.
 
     Caching follows the run's order: the first call writes the shared prefix
-    (system + snapshot) and its loop block, later calls read them. The adversarial
+    (system + snapshot), every later call reads it; loop blocks and tasks are input. The adversarial
     reviewer's role findings and later loops' handoffs are unknown before the run and
     are not counted; output is priced at the full output budget (an upper bound).
     """
@@ -269,12 +269,12 @@ def dry_run_plan(inputs: RunInputs, max_loops: int | None = None) -> dict[str, A
             role_findings=[],
         )
         prompts = [ReviewerPrompt.from_dict(j["prompt"]) for j in jobs] + [adv]
-        for i, p in enumerate(prompts):
+        for p in prompts:
             shared = estimate_tokens(p.system) + estimate_tokens(p.snapshot)
             loop_tokens = estimate_tokens(p.loop_block)
             task = estimate_tokens(p.task)
-            write = (0 if prefix_written else shared) + (loop_tokens if i == 0 else 0)
-            read = (shared if prefix_written else 0) + (0 if i == 0 else loop_tokens)
+            write = 0 if prefix_written else shared
+            read = shared if prefix_written else 0
             prefix_written = True
             row = {
                 "loop": loop,
@@ -283,7 +283,7 @@ def dry_run_plan(inputs: RunInputs, max_loops: int | None = None) -> dict[str, A
                 "tokens_estimate": shared + loop_tokens + task,
                 "cache_write": write,
                 "cache_read": read,
-                "input": task,
+                "input": loop_tokens + task,
                 "output_max": config.max_tokens_reviewer,
             }
             calls.append(row)

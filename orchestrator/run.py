@@ -1,9 +1,9 @@
 """The embedded runner: a complete review run in one process, no Redis.
 
 Per loop: check the constitution for drift; run the role reviewers concurrently
-(anyio, at most `concurrency` calls in flight) — the first one alone until its
-answer has started, so the shared prompt prefix is in the cache before the others
-read it; then the adversarial reviewer with this loop's role findings; then the
+(anyio, at most `concurrency` calls in flight) — in the first loop, the first one
+alone until its answer has started, so the shared prompt prefix is in the cache
+before the others read it; then the adversarial reviewer with this loop's role findings; then the
 synthesis job, which writes the loop's files; then the checkpoint. After the last
 loop of this invocation, the final `synthesis.md` is rebuilt from the files.
 
@@ -146,8 +146,10 @@ async def _run_reviewers(
     backend: Backend,
     limiter: anyio.CapacityLimiter,
     emit: OnEvent,
+    *,
+    warm_first: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run reviewer jobs concurrently; the first alone until its answer has started.
+    """Run reviewer jobs concurrently; with `warm_first`, the first alone until it starts.
 
     A prompt-cache entry exists only once a response has begun, so calls fanned out
     at the same instant would all write the prefix; holding the rest back until the
@@ -155,6 +157,8 @@ async def _run_reviewers(
     """
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     first_started = anyio.Event()
+    if not warm_first:
+        first_started.set()
 
     async def one(i: int, started: anyio.Event | None) -> None:
         try:
@@ -180,7 +184,7 @@ async def _run_reviewers(
         )
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(one, 0, first_started)
+        tg.start_soon(one, 0, first_started if warm_first else None)
         await first_started.wait()
         for i in range(1, len(jobs)):
             tg.start_soon(one, i, None)
@@ -247,12 +251,19 @@ async def _run_locked(
     )
     calls = 0
     failed: list[tuple[int, str, str]] = []
+    # The first loop this process runs warms the run-wide prefix (constitution and
+    # snapshot) with one call before fanning out. Later loops fan out at once: the
+    # prefix is cached, and holding six calls back for a time-to-first-token each loop
+    # would cost more wall time than the small loop block saves by being written once.
+    warm = True
     for loop in todo:
         inputs.check_drift()
         theme = inputs.config.theme_for(loop)
         emit({"event": "loop_start", "loop": loop, "theme": theme.slug})
         prior = cp.prior_synthesis
-        results = await _run_reviewers(role_jobs(inputs, loop, prior, name), backend, limiter, emit)
+        jobs = role_jobs(inputs, loop, prior, name)
+        results = await _run_reviewers(jobs, backend, limiter, emit, warm_first=warm)
+        warm = False
         adversary = adversarial_job(inputs, loop, prior, results, name)
         results += await _run_reviewers([adversary], backend, limiter, emit)
         calls += len(results)
@@ -272,6 +283,7 @@ async def _run_locked(
         emit({"event": "loop_done", "loop": loop, "counts": closed["counts"]})
     final = write_final(
         inputs.out_dir,
+        config=inputs.config,
         ledger=ClosureLedger.from_dict(ledger),
         constitution_hash=inputs.constitution_hash,
         usage_totals=dict(cp.usage),

@@ -131,8 +131,14 @@ class ClaudeCliBackend:
     async def complete(self, prompt: ReviewerPrompt, on_started: OnStarted | None) -> ModelAnswer:
         command = self.command()
         stdin = prompt.plain_text().encode("utf-8")
-        with anyio.fail_after(self.settings.request_timeout):
-            result = await anyio.run_process(command, input=stdin, check=False)
+        try:
+            with anyio.fail_after(self.settings.request_timeout):
+                result = await anyio.run_process(command, input=stdin, check=False)
+        except* (anyio.BrokenResourceError, BrokenPipeError, ConnectionResetError) as group:
+            raise ModelCallError(
+                f"claude exited before reading the whole prompt: {group.exceptions[0]!r}",
+                retryable=True,
+            ) from None
         if on_started is not None:
             on_started()
         stderr = result.stderr.decode("utf-8", "replace").strip()

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -69,7 +70,9 @@ class RecordedRequest:
     received_at: float
     headers: dict[str, str]
     status: int = 0
+    path: str = ""
     usage: dict[str, int] | None = None
+    started_at: float = 0.0  # when the response started (its prefixes became cached)
     answered_at: float = 0.0
 
 
@@ -262,8 +265,13 @@ class MessagesStub:
         breakpoints: list[tuple[int, str]] = []
         for i, block in enumerate(blocks):
             cc = block.get("cache_control")
-            canonical = {k: v for k, v in block.items() if k != "cache_control"}
-            digest.update(json.dumps(canonical, sort_keys=True).encode())
+            text = block.get("text")
+            if isinstance(text, str):
+                digest.update(f"{block.get('type')}|{block.get('_role')}|{len(text)}|".encode())
+                digest.update(text.encode("utf-8"))
+            else:
+                canonical = {k: v for k, v in block.items() if k != "cache_control"}
+                digest.update(json.dumps(canonical, sort_keys=True).encode())
             total += self._tokens(block)
             cumulative.append(total)
             keys.append(digest.copy().hexdigest())
@@ -302,8 +310,28 @@ class _Handler(BaseHTTPRequestHandler):
     owner: MessagesStub
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        # Events go out as separate small writes; without NODELAY, Nagle's algorithm and
+        # delayed ACKs would add ~40 ms per event that no real server adds.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:
         return None
+
+    def do_GET(self) -> None:
+        """`GET /stub/stats`: request counts and usage totals, for a stub in another process."""
+        if self.path != "/stub/stats":
+            self._json(404, {"type": "error", "error": {"type": "not_found_error"}})
+            return
+        stub = self.owner
+        statuses: dict[str, int] = {}
+        for r in stub.recorded():
+            statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+        self._json(
+            200,
+            {"requests": len(stub.recorded()), "statuses": statuses, "usage": stub.usage_totals()},
+        )
 
     def do_POST(self) -> None:
         stub = self.owner
@@ -322,11 +350,19 @@ class _Handler(BaseHTTPRequestHandler):
             loop=loop,
             received_at=received,
             headers={k.lower(): v for k, v in self.headers.items()},
+            path=self.path,
         )
         with stub._lock:
             stub.requests.append(record)
+        if len(body) < length:  # the client went away mid-request (e.g. it was killed)
+            record.status = -1
+            self.close_connection = True
+            return
         if self.path.split("?")[0] != "/v1/messages":
             self._error(record, 404, None, f"no route {self.path}")
+            return
+        if not isinstance(payload, dict) or not payload:
+            self._error(record, 400, None, "request body is not a JSON object")
             return
         hold = stub._hold_for(role, loop)
         if hold is not None:
@@ -359,6 +395,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 time.sleep(stub.first_event_delay + latency)
                 stub._register(creates)
+                record.started_at = time.monotonic()
                 self._json(200, self._message(record, text, reply, usage))
         except (BrokenPipeError, ConnectionResetError):
             return
@@ -442,6 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
         message["usage"]["output_tokens"] = 1
         # The response has started: from here on its prefixes are readable from the cache.
         stub._register(creates)
+        record.started_at = time.monotonic()
         self._chunk("message_start", {"type": "message_start", "message": message})
         if latency:
             time.sleep(latency)
@@ -478,3 +516,38 @@ class _Handler(BaseHTTPRequestHandler):
         self._chunk("message_stop", {"type": "message_stop"})
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in this process until stdin closes: `python -m tests.support.messages_stub`.
+
+    Prints the base URL as the first stdout line. `--answer module:factory` names a
+    zero-argument function returning the answer function.
+    """
+    import argparse
+    import importlib
+    import sys
+
+    parser = argparse.ArgumentParser(description="Loopback Messages-API stub")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--first-event-delay", type=float, default=0.0)
+    parser.add_argument("--min-cacheable-tokens", type=int, default=1024)
+    parser.add_argument("--answer", default=None, help="module:factory")
+    args = parser.parse_args(argv)
+    answer = None
+    if args.answer:
+        module, _, name = args.answer.partition(":")
+        answer = getattr(importlib.import_module(module), name)()
+    stub = MessagesStub(
+        latency=args.latency,
+        first_event_delay=args.first_event_delay,
+        answer=answer,
+        min_cacheable_tokens=args.min_cacheable_tokens,
+    )
+    with stub:
+        print(stub.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,7 @@ from typing import Any
 from orchestrator.config import ReviewConfig
 from synth.ledger import ClosureLedger
 from synth.noise import NOISE_REASONS
+from synth.render import Add, location
 from synth.schema import SEVERITIES, SEVERITY_RANK, Finding
 
 FILTERS: tuple[str, ...] = ("severity", "role", "file", "loop", "status")
@@ -30,11 +31,6 @@ SORT_KEYS: tuple[str, ...] = ("order", "id", "severity", "loop", "role", "file",
 
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _location(f: Finding) -> str:
-    start, end = f.line_range
-    return f"{f.file_path}:{start}" if start == end else f"{f.file_path}:{start}-{end}"
 
 
 def default_order(findings: Sequence[Finding]) -> list[Finding]:
@@ -230,7 +226,7 @@ def _select(name: str, label: str, options: Sequence[tuple[str, str]]) -> str:
 
 
 def _summary(
-    add: Any,
+    add: Add,
     loops: Sequence[dict[str, Any]],
     findings: Sequence[Finding],
     closed: dict[str, Any],
@@ -284,7 +280,7 @@ def _summary(
     add("</tbody></table></section>")
 
 
-def _escalations(add: Any, findings: Sequence[Finding], closed: dict[str, Any]) -> None:
+def _escalations(add: Add, findings: Sequence[Finding], closed: dict[str, Any]) -> None:
     esc_open = [
         f for f in default_order(findings) if f.requires_section9_escalation and f.id not in closed
     ]
@@ -303,14 +299,14 @@ def _escalations(add: Any, findings: Sequence[Finding], closed: dict[str, Any]) 
             add(
                 f'<li data-id="{esc(f.id)}"><a href="#finding-{esc(f.id)}"><code>{esc(f.id)}</code>'
                 f'</a> <span class="sev sev-{f.severity}">{f.severity}</span>{locked} '
-                f"loop {f.loop} · <code>{esc(_location(f))}</code>: {claim}</li>"
+                f"loop {f.loop} · <code>{esc(location(f))}</code>: {claim}</li>"
             )
         add("</ul>")
     add("</section>")
 
 
 def _findings(
-    add: Any,
+    add: Add,
     findings: Sequence[Finding],
     closed: dict[str, list[str]],
     config: ReviewConfig | None,
@@ -406,13 +402,13 @@ def _findings(
             f"<tr {attr_text}><td><code>{esc(f.id)}</code></td>"
             f'<td><span class="sev sev-{f.severity}">{f.severity}</span></td>'
             f'<td class="num">{f.loop}</td><td>{esc(f.role)}</td>'
-            f"<td><code>{esc(_location(f))}</code></td><td>{status_cell}</td>"
+            f"<td><code>{esc(location(f))}</code></td><td>{status_cell}</td>"
             f"<td>{''.join(body)}</td></tr>"
         )
     add("</tbody></table></section>")
 
 
-def _ledger(add: Any, ledger: ClosureLedger) -> None:
+def _ledger(add: Add, ledger: ClosureLedger) -> None:
     entries = sorted(ledger.entries, key=lambda e: (e.loop, e.closer, e.closed))
     add('<section id="ledger"><h2>Closure ledger</h2>')
     if not entries:
@@ -433,7 +429,7 @@ def _ledger(add: Any, ledger: ClosureLedger) -> None:
     add("</tbody></table></section>")
 
 
-def _failures(add: Any, failures: Sequence[dict[str, Any]]) -> None:
+def _failures(add: Add, failures: Sequence[dict[str, Any]]) -> None:
     add('<section id="failures"><h2>Reviewers without usable output</h2>')
     if not failures:
         add("<p>None.</p></section>")

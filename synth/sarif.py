@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from orchestrator.config import ReviewConfig
 from synth.ledger import ClosureLedger
+from synth.render import fenced
 from synth.schema import Finding
 
 SARIF_VERSION = "2.1.0"
@@ -71,16 +72,6 @@ def _region(line_range: tuple[int, int]) -> dict[str, int] | None:
     return {"startLine": max(start, 1), "endLine": end}
 
 
-def _fence(text: str) -> str:
-    longest = 0
-    run = 0
-    for ch in text:
-        run = run + 1 if ch == "`" else 0
-        longest = max(longest, run)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}\n{text.rstrip(chr(10))}\n{fence}"
-
-
 def message_text(f: Finding) -> str:
     """Plain-text message: claim first (viewers show its first line as the title)."""
     parts = [
@@ -104,10 +95,10 @@ def message_markdown(f: Finding) -> str:
         "",
         "**Evidence:**",
         "",
-        _fence(f.evidence_quote),
+        fenced(f.evidence_quote, ""),
     ]
     if f.proposed_change.strip():
-        parts += ["", "**Proposed change:**", "", _fence(f.proposed_change)]
+        parts += ["", "**Proposed change:**", "", fenced(f.proposed_change, "")]
     return "\n".join(parts)
 
 

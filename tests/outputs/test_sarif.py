@@ -12,11 +12,12 @@ import jsonschema
 import pytest
 
 from synth.ledger import ClosureLedger
-from synth.outputs import SARIF, load_findings
+from synth.outputs import REPORT, SARIF, load_findings, write_final, write_loop
 from synth.sarif import LEVELS, RANKS, dumps_sarif, render_sarif
 from synth.schema import SEVERITIES, validate_finding
+from tests.outputs.dom import parse
 from tests.outputs.run_fixture import written_run
-from tests.review.synth_fixtures import HASH, raw
+from tests.review.synth_fixtures import HASH, bulk_results, make_config, raw, run_loop
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / "sarif-schema-2.1.0.json"
 
@@ -223,3 +224,23 @@ def test_proposed_change_in_text_markdown_and_properties() -> None:
     # The markdown fence is longer than the change's own fence, so it stays one block.
     assert "**Proposed change:**\n\n````\nfsync before rename" in result["message"]["markdown"]
     assert result["properties"]["proposedChange"] == f.proposed_change
+
+
+def test_sarif_and_report_of_a_bulk_loop(tmp_path: Path) -> None:
+    """1,000 raw findings over every role and severity: valid SARIF, one result and
+    one report row per kept finding."""
+    bulk = bulk_results(1000)
+    s = run_loop(bulk.results, config=make_config(max_findings_per_reviewer=0))
+    write_loop(tmp_path, s)
+    write_final(tmp_path, [s], constitution_hash=HASH, config=make_config())
+    log = json.loads((tmp_path / SARIF).read_text(encoding="utf-8"))
+    assert schema_errors(log) == []
+    results = log["runs"][0]["results"]
+    assert [r["properties"]["findingId"] for r in results] == [f.id for f in s.kept]
+    assert {r["level"] for r in results} == {"error", "warning", "note"}
+    assert len(log["runs"][0]["tool"]["driver"]["rules"]) == 8
+    doc, errors = parse((tmp_path / REPORT).read_text(encoding="utf-8"))
+    assert errors == []
+    row_ids = [r.attrs["data-id"] for r in doc.find_all("tr", class_="finding")]
+    assert sorted(row_ids) == sorted(f.id for f in s.kept)
+    assert len(row_ids) == len(bulk.groups)

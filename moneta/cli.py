@@ -225,6 +225,7 @@ def run_demo(directory: Path, seed: int = 2026, echo=click.echo) -> dict[str, in
     shown = [f for f in files if f.startswith(("cold/", "audit", "snapshot", "wal/"))]
     echo("   files: " + ", ".join(shown[:12]) + (" …" if len(shown) > 12 else ""))
     echo(f"   audit trail: {directory / AUDIT_FILE}")
+    echo(f"\nLook inside: moneta inspect {directory}")
     return {
         "deposits": len(names),
         "kept": fates["kept"],

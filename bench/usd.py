@@ -101,9 +101,9 @@ class Saver:
         return ok
 
 
-def build_base(directory: Path, prims: int) -> list[str]:
+def build_base(directory: Path, prims: int, cap: int) -> list[str]:
     """A cold tier holding `prims` memories of one UTC day; returns their prim paths."""
-    target = UsdTarget(directory)
+    target = UsdTarget(directory, max_prims_per_layer=cap)
     links: list[str] = []
     for start in range(0, prims, BUILD_CHUNK):
         batch = [memory(i) for i in range(start, min(prims, start + BUILD_CHUNK))]
@@ -167,12 +167,18 @@ def ms(values: list[float]) -> dict[str, float]:
 
 
 def run_config(
-    base: Path, work: Path, known: list[str], batch: int, policy: str, seconds: float
+    base: Path,
+    work: Path,
+    known: list[str],
+    batch: int,
+    policy: str,
+    seconds: float,
+    cap: int,
 ) -> dict:
     """One (accumulated, batch, policy) run on a fresh copy of `base`."""
     shutil.copytree(base, work)
     saver = Saver(through_save=policy == "through_save")
-    target = UsdTarget(work, save_layer=saver)
+    target = UsdTarget(work, save_layer=saver, max_prims_per_layer=cap)
     lock = TimedLock()
     target._lock = lock  # type: ignore[assignment]  # measure the writer's hold times
     saver.lock = lock
@@ -257,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", default="0,25000,49500,100000")
     parser.add_argument("--batches", default="10,100,500")
     parser.add_argument("--seconds", type=float, default=2.0, help="writer time per run")
+    parser.add_argument("--cap", type=int, default=50_000, help="prims per daily layer")
     parser.add_argument("--quick", action="store_true", help="levels 0,2000; 0.5 s runs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -271,14 +278,17 @@ def main(argv: list[str] | None = None) -> None:
         for level in levels:
             base = root / f"base-{level}"
             started = time.perf_counter()
-            known = build_base(base, level)
+            known = build_base(base, level, args.cap)
             gc.collect()
             build_s[level] = round(time.perf_counter() - started, 1)
             probes[level] = save_gil_probe(base)
             gc.collect()
             for batch in batches:
                 for policy in ("narrow", "through_save"):
-                    runs.append(run_config(base, root / "run", known, batch, policy, args.seconds))
+                    run = run_config(
+                        base, root / "run", known, batch, policy, args.seconds, args.cap
+                    )
+                    runs.append(run)
                     print(
                         f"accumulated {level} batch {batch} {policy}:"
                         f" stall {runs[-1]['reader_stall']}",
@@ -303,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             "reader_prims_per_tick": READ_PRIMS,
             "writer_seconds_per_run": args.seconds,
             "writer_batch_interval_s": 0.1,
-            "rotation_cap": 50_000,
+            "rotation_cap": args.cap,
         },
         "build_seconds": build_s,
         "save_gil_probe": probes,

@@ -9,10 +9,12 @@ carry an opinion in ``cortex_protected.usda``, which composes over the daily one
 Concurrency: writers (``author``, ``author_protected``, ``unpin``, ``forget``) run one
 at a time. Each makes all of its edits with the Sdf API inside one
 ``Sdf.ChangeBlock`` while holding the reader lock, and releases the lock before
-``Save()``, so readers (``reading``, ``read``, ``count``, ``layer_stack``) wait only for
-the in-memory edit, never for disk I/O. A reader holding the lock never sees a
-half-written prim: the block's edits are composed when it closes, still under
-the lock.
+``Save()``, so readers (``reading``, ``read``, ``count``, ``layer_stack``) never wait on
+the lock for disk I/O. A reader holding the lock never sees a half-written prim: the
+block's edits are composed when it closes, still under the lock. usd-core's
+``Sdf.Layer.Save()`` holds the GIL while it serialises, so threads of this process
+still pause for a Save, for a time that grows with the current daily layer
+(docs/benchmarks.md); readers in other processes do not.
 
 Durability: a write succeeds only when every dirty layer's ``Save()`` returned
 True. ``False`` and an exception both become ``AuthoringError`` naming the saved,

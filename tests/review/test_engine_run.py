@@ -309,3 +309,33 @@ def test_snapshot_leaves_out_harness_outputs_constitution_and_secrets(repo: Path
         assert excluded not in paths
     assert "sk-secret" not in inputs.snapshot.text
     assert list(sorted(paths)) == [f.path for f in inputs.snapshot.files]
+
+
+def _max_in_flight(requests: list[Any]) -> int:
+    edges = sorted(
+        [(r.received_at, 1) for r in requests] + [(r.answered_at, -1) for r in requests],
+        key=lambda e: (e[0], e[1]),
+    )
+    best = current = 0
+    for _, step in edges:
+        current += step
+        best = max(best, current)
+    return best
+
+
+async def test_role_reviewers_run_concurrently_within_the_limit(
+    stub: MessagesStub, repo: Path, tmp_path: Path
+) -> None:
+    stub.latency = 1.5
+    await run_review(options(repo, tmp_path / "wide", max_loops=1))
+    wide = [r for r in stub.recorded() if r.role != "adversarial"]
+    assert len(wide) == 7
+    # The warm-up call runs alone until its answer starts; the other six then overlap it.
+    assert _max_in_flight(wide) == 7
+
+    stub.requests.clear()
+    narrow = options(repo, tmp_path / "narrow", max_loops=1, config=fast_config(concurrency="2"))
+    await run_review(narrow)
+    limited = [r for r in stub.recorded() if r.role != "adversarial"]
+    assert len(limited) == 7
+    assert _max_in_flight(limited) == 2

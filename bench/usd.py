@@ -40,7 +40,7 @@ import numpy as np
 from pxr import Sdf, Usd
 
 from moneta.types import EntityState, Memory
-from moneta.usd_layers import prim_link
+from moneta.usd_layers import parse_prim_name, prim_link
 from moneta.usd_target import UsdTarget
 
 NOON_UTC = 1_772_452_800.0  # 2026-03-02 12:00:00 UTC
@@ -174,6 +174,7 @@ def run_config(
     policy: str,
     seconds: float,
     cap: int,
+    reader_kind: str,
 ) -> dict:
     """One (accumulated, batch, policy) run on a fresh copy of `base`."""
     shutil.copytree(base, work)
@@ -183,8 +184,9 @@ def run_config(
     target._lock = lock  # type: ignore[assignment]  # measure the writer's hold times
     saver.lock = lock
     start_layers = [(info.name, info.prims) for info in target.layer_stack()]
-    with target.reading() as stage:  # compose the reader's stage before timing
-        assert stage is not None
+    if reader_kind == "stage":
+        with target.reading() as stage:  # compose the reader's stage before timing
+            assert stage is not None
     paths = list(known)
     rng = random.Random(7)
     stalls: list[float] = []
@@ -199,17 +201,22 @@ def run_config(
             if now < due:
                 time.sleep(due - now)
             asked = time.perf_counter()
-            with target.reading() as stage:
-                entered = time.perf_counter()
-                sample = rng.sample(paths, min(READ_PRIMS, len(paths))) if paths else []
-                for path in sample:
-                    prim = stage.GetPrimAtPath(path)
-                    prim.GetAttribute("payload").Get()
-                    prim.GetAttribute("utility").Get()
-            reads.append(time.perf_counter() - entered)
+            sample = rng.sample(paths, min(READ_PRIMS, len(paths))) if paths else []
+            if reader_kind == "read":  # the handle's path: Sdf lookups, no stage
+                target.read([parse_prim_name(path[1:]) for path in sample])
+                entered = got = time.perf_counter()
+            else:
+                with target.reading() as stage:
+                    entered = time.perf_counter()
+                    for path in sample:
+                        prim = stage.GetPrimAtPath(path)
+                        prim.GetAttribute("payload").Get()
+                        prim.GetAttribute("utility").Get()
+                got = time.perf_counter()
+            reads.append(got - entered)
             waits.append(entered - asked)
-            while due <= entered:  # every tick due by now is served by this read
-                stalls.append(entered - due)
+            while due <= got:  # every tick due by now is served by this read
+                stalls.append(got - due)
                 due += TICK_S
 
     thread = threading.Thread(target=reader, name="reader")
@@ -264,6 +271,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="10,100,500")
     parser.add_argument("--seconds", type=float, default=2.0, help="writer time per run")
     parser.add_argument("--cap", type=int, default=50_000, help="prims per daily layer")
+    parser.add_argument(
+        "--reader",
+        choices=("stage", "read"),
+        default="stage",
+        help="stage: GetPrimAtPath on the composed stage under reading();"
+        " read: UsdTarget.read() (Sdf lookups, what Moneta.query does; no stage)",
+    )
     parser.add_argument("--quick", action="store_true", help="levels 0,2000; 0.5 s runs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -286,7 +300,14 @@ def main(argv: list[str] | None = None) -> None:
             for batch in batches:
                 for policy in ("narrow", "through_save"):
                     run = run_config(
-                        base, root / "run", known, batch, policy, args.seconds, args.cap
+                        base,
+                        root / "run",
+                        known,
+                        batch,
+                        policy,
+                        args.seconds,
+                        args.cap,
+                        args.reader,
                     )
                     runs.append(run)
                     print(
@@ -310,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "settings": {
             "reader_hz": 60,
+            "reader": args.reader,
             "reader_prims_per_tick": READ_PRIMS,
             "writer_seconds_per_run": args.seconds,
             "writer_batch_interval_s": 0.1,

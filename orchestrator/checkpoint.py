@@ -26,6 +26,7 @@ RUN_FILE_PATTERNS: tuple[str, ...] = (
     "loops.jsonl",
     "loop-*.md",
     "synthesis.md",
+    "budget-hold.jsonl",
 )
 """Files a run owns in its output directory (removed by --fresh, nothing else)."""
 

@@ -30,6 +30,7 @@ from orchestrator.config import (
     load_config,
     match_glob,
 )
+from orchestrator.cost import BudgetExceeded, count_tokens_sdk, dry_run_prompts, price_plan
 from orchestrator.distributed_cli import (
     default_prefix,
     run_distributed,
@@ -142,6 +143,13 @@ def main() -> None:
     show_default=True,
     help="Distributed: wait for the run to finish, or exit once it is enqueued.",
 )
+@click.option(
+    "--budget-usd",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop before a call that would take the run's estimated cost past this (USD); "
+    "--resume with a larger budget continues.",
+)
 def run(
     repo: Path,
     config_file: Path | None,
@@ -156,6 +164,7 @@ def run(
     redis_url: str | None,
     run_id: str | None,
     wait: bool,
+    budget_usd: float | None,
 ) -> None:
     """Review --repo in themed loops and write findings and syntheses to --out."""
     if resume and fresh:
@@ -172,8 +181,12 @@ def run(
     try:
         if dry_run:
             inputs = prepare_run(repo, config, out_dir)
-            click.echo(json.dumps(dry_run_plan(inputs, max_loops), indent=1))
+            counts = count_tokens_sdk(dry_run_prompts(inputs, max_loops), config.model)
+            plan = price_plan(dry_run_plan(inputs, max_loops), config, counts)
+            click.echo(json.dumps(plan, indent=1))
             return
+        if redis_url and budget_usd is not None:
+            raise click.UsageError("--budget-usd applies to embedded runs (no --redis-url)")
         if redis_url:
             run_distributed(
                 redis_url=redis_url,
@@ -196,12 +209,15 @@ def run(
             resume=resume,
             fresh=fresh,
             max_loops=max_loops,
+            budget_usd=budget_usd,
         )
         report = anyio.run(lambda: run_review(options, on_event=_echo_event))
     except NoBackendAvailable as exc:
         raise click.ClickException(str(exc)) from exc
     except DriftError as exc:
         raise click.ClickException(f"{exc} (the checkpoint is unchanged)") from exc
+    except BudgetExceeded as exc:
+        raise click.ClickException(str(exc)) from exc
     except (RunError, SnapshotError, CheckpointError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if report.failed_reviewers:

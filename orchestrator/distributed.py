@@ -48,6 +48,7 @@ from orchestrator.checkpoint import (
     save_checkpoint,
 )
 from orchestrator.config import ReviewConfig
+from orchestrator.cost import render_cost_summary
 from orchestrator.plan import (
     DriftError,
     RunInputs,
@@ -763,5 +764,6 @@ def _finish_run(
         ledger=ClosureLedger.from_dict(ledger),
         constitution_hash=inputs.constitution_hash,
         usage_totals=dict(cp.usage),
+        cost_summary=render_cost_summary({inputs.config.model: cp.usage}, inputs.config),
     )
     state.set_status("completed")

@@ -29,6 +29,7 @@ from orchestrator.checkpoint import (
     save_checkpoint,
 )
 from orchestrator.config import ReviewConfig
+from orchestrator.cost import budget_backend, check_budget, render_cost_summary
 from orchestrator.plan import (
     DriftError,
     RunInputs,
@@ -62,6 +63,7 @@ class RunOptions:
     fresh: bool = False
     max_loops: int | None = None
     backend: str | None = None  # None: the config's backend (usually "auto")
+    budget_usd: float | None = None  # stop before a call that would exceed it (cost.py)
 
     def __post_init__(self) -> None:
         if self.max_loops is not None and (
@@ -235,6 +237,16 @@ async def _run_locked(
 ) -> RunReport:
     inputs.check_drift()
     cp = open_checkpoint(inputs, options, emit)
+    meter, backend = budget_backend(
+        backend,
+        inputs.config,
+        budget_usd=options.budget_usd,
+        out_dir=inputs.out_dir,
+        completed_loops=cp.completed_loops,
+        spent_usage=cp.usage,
+    )
+    if meter is not None:  # a budget stop in the first loop must leave a run to --resume
+        save_checkpoint(inputs.out_dir, cp)
     ledger = cp.ledger
     limiter = anyio.CapacityLimiter(inputs.config.concurrency)
     todo = [n for n in inputs.loops(options.max_loops) if n not in cp.completed_loops]
@@ -264,8 +276,10 @@ async def _run_locked(
         jobs = role_jobs(inputs, loop, prior, name)
         results = await _run_reviewers(jobs, backend, limiter, emit, warm_first=warm)
         warm = False
+        check_budget(meter, results)
         adversary = adversarial_job(inputs, loop, prior, results, name)
         results += await _run_reviewers([adversary], backend, limiter, emit)
+        check_budget(meter, results)
         calls += len(results)
         # Nothing of this loop is written if the constitution changed while it ran.
         inputs.check_drift()
@@ -287,6 +301,7 @@ async def _run_locked(
         ledger=ClosureLedger.from_dict(ledger),
         constitution_hash=inputs.constitution_hash,
         usage_totals=dict(cp.usage),
+        cost_summary=render_cost_summary({inputs.config.model: cp.usage}, inputs.config),
     )
     emit({"event": "run_done", "synthesis": str(final), "calls": calls})
     return RunReport(

@@ -199,6 +199,7 @@ def write_final(
     usage_totals: dict[str, int] | None = None,
     failed_reviewers: Sequence[ReviewerResult] | None = None,
     config: ReviewConfig | None = None,
+    cost_summary: str | None = None,
 ) -> Path:
     """Write the final outputs from the files on disk; return the `synthesis.md` path.
 
@@ -211,7 +212,8 @@ def write_final(
     mismatch means a loop's output was lost, e.g. a resume that started afresh.
     `usage_totals` (the run's own totals, e.g. including a cache warm-up call) is
     shown beside the sum of the recorded reviewer calls. `failed_reviewers` adds
-    failures not visible in the loop records.
+    failures not visible in the loop records. `cost_summary` (markdown, from
+    `orchestrator.cost.render_cost_summary`) ends `synthesis.md`.
     """
     out_dir = Path(out_dir)
     loops = read_jsonl(out_dir / LOOPS)
@@ -262,6 +264,8 @@ def write_final(
         config=config,
     )
     atomic_write_text(out_dir / REPORT, page)
+    if cost_summary:
+        text = text.rstrip("\n") + "\n\n" + cost_summary.rstrip("\n") + "\n"
     path = out_dir / SYNTHESIS
     # Last: synthesis.md present means the other final files are too.
     atomic_write_text(path, text)

@@ -145,6 +145,7 @@ class MessagesStub:
         self.first_event_delay = first_event_delay
         self.answer: AnswerFn = answer or (lambda role, loop, payload: EMPTY_ANSWER)
         self.min_cacheable_tokens = min_cacheable_tokens
+        self.count_tokens = True  # serve POST /v1/messages/count_tokens (False: 404)
         self.bytes_per_token = bytes_per_token
         self.requests: list[RecordedRequest] = []
         self.answer_errors: list[str] = []
@@ -357,6 +358,12 @@ class _Handler(BaseHTTPRequestHandler):
         if len(body) < length:  # the client went away mid-request (e.g. it was killed)
             record.status = -1
             self.close_connection = True
+            return
+        if self.path.split("?")[0] == "/v1/messages/count_tokens" and stub.count_tokens:
+            # Token counting: the input tokens this stub would bill, with nothing cached.
+            record.status = 200
+            blocks = _blocks(record.payload)
+            self._json(200, {"input_tokens": sum(stub._tokens(b) for b in blocks)})
             return
         if self.path.split("?")[0] != "/v1/messages":
             self._error(record, 404, None, f"no route {self.path}")

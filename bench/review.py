@@ -11,8 +11,9 @@
    machine's load when the run started, since both bound what the wall time can be.
 2. The share of input tokens read from the (simulated) prompt cache over a full
    run. Target: >= 90%.
-3. Synthesis of 10,000 raw findings in one loop (validate, scope filter, dedupe,
-   rank, render, write the loop files). Target: <= 1 s.
+3. Synthesis of 10,000 raw findings in one loop, as the synthesis job runs it
+   (validate, scope filter, dedupe, rank, render, write the loop files with fsync),
+   median of 3; `judge_only_seconds` leaves out the file writes. Target: <= 1 s.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,10 +42,13 @@ from orchestrator.config import load_config, match_glob  # noqa: E402
 from orchestrator.plan import RunInputs, prepare_run, synth_job  # noqa: E402
 from orchestrator.run import RunOptions, run_review  # noqa: E402
 from synth.final import cache_read_share  # noqa: E402
+from synth.ledger import ClosureLedger  # noqa: E402
+from synth.loop import synthesize_loop  # noqa: E402
 from workers.jobs import synthesize_loop_job  # noqa: E402
 from workers.result import ReviewerResult  # noqa: E402
 
 SEVERITIES = ("Critical", "High", "Medium", "Low", "Note")
+REPEATS = 3
 
 
 def role_paths(inputs: RunInputs) -> dict[str, list[str]]:
@@ -194,12 +199,27 @@ def synthesis(n_findings: int) -> dict[str, Any]:
                 items.append(item)
             results.append(ReviewerResult(role, 1, "ok", findings_raw=items, attempts=1).to_dict())
         job = synth_job(inputs, 1, results, {})
-        start = time.perf_counter()
-        out = synthesize_loop_job(job)
-        seconds = time.perf_counter() - start
+        job_times, compute_times = [], []
+        for i in range(REPEATS):
+            job["out_dir"] = str(Path(tmp) / f"out-{i}")  # a loop's first write, each time
+            start = time.perf_counter()
+            out = synthesize_loop_job(job)  # judge + write the loop's files (fsynced)
+            job_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            synthesize_loop(
+                [ReviewerResult.from_dict(r) for r in results],
+                config=config,
+                loop=1,
+                snapshot_paths=inputs.snapshot_paths,
+                constitution_hash=inputs.constitution_hash,
+                ledger=ClosureLedger(),
+            )
+            compute_times.append(time.perf_counter() - start)
     return {
         "raw_findings": per_role * len(roles),
-        "seconds": round(seconds, 3),
+        "seconds": round(statistics.median(job_times), 3),
+        "judge_only_seconds": round(statistics.median(compute_times), 3),
+        "repeats": REPEATS,
         "counts": {k: out["counts"][k] for k in ("raw", "valid", "invalid", "kept", "dropped")},
     }
 

@@ -49,6 +49,7 @@ from orchestrator.checkpoint import (
 )
 from orchestrator.config import ReviewConfig
 from orchestrator.cost import render_cost_summary
+from orchestrator.metrics import Recorder, run_metered_reviewer
 from orchestrator.plan import (
     DriftError,
     RunInputs,
@@ -70,7 +71,7 @@ from orchestrator.snapshot import Snapshot, SnapshotFile
 from synth.ledger import ClosureLedger
 from synth.outputs import write_final
 from synth.render import USAGE_KEYS
-from workers.jobs import run_reviewer_async, synthesize_loop_job
+from workers.jobs import synthesize_loop_job
 from workers.prompts import system_text
 from workers.result import ReviewerResult
 
@@ -624,7 +625,11 @@ def review_job(run_id: str, loop: int, role: str, prefix: str = DEFAULT_PREFIX) 
             _wait_warm(state, loop, WARM_WAIT)
             on_started = None
     try:
-        result = anyio.run(lambda: run_reviewer_async(payload, on_started=on_started))
+        result = anyio.run(
+            lambda: run_metered_reviewer(
+                payload, store=conn, prefix=prefix, run=run_id, config=config, on_started=on_started
+            )
+        )
     finally:
         if role == leader:
             state.mark_warm(loop)  # also after a failed call: never hold the others back
@@ -705,6 +710,7 @@ def synth_job(run_id: str, loop: int, prefix: str = DEFAULT_PREFIX) -> dict[str,
         raise RuntimeError(f"run {run_id}: loop {meta.loops[i - 1]} is not closed")
     results = loop_results(conn, state, inputs.config, loop)
     closed = synthesize_loop_job(synth_job_payload(inputs, loop, results, before))
+    Recorder(conn, prefix).loop_findings(run_id, loop, closed["counts"]["severity"])
     _save_checkpoint(conn, state, meta, inputs, loop, closed)
     state.store_loop_close(loop, closed["markdown"], closed["ledger"])
     if i + 1 < len(meta.loops):
@@ -727,7 +733,9 @@ def _save_checkpoint(
     Built from Redis rather than incremented, so a re-executed synth job writes the
     same checkpoint instead of counting a loop twice.
     """
-    done = meta.loops[: meta.loops.index(loop) + 1]
+    closed_loops = {*state.closed_loops(), loop}
+    done = [n for n in meta.loops if n in closed_loops]
+    last = done[-1]  # a re-run of an earlier loop leaves the later loops' handoff in place
     usage = dict.fromkeys(USAGE_KEYS, 0)
     calls = 0
     for n in done:
@@ -742,8 +750,8 @@ def _save_checkpoint(
         config_fingerprint=config_fingerprint(inputs.config.to_dict()),
     )
     cp.completed_loops = list(done)
-    cp.ledger = closed["ledger"]
-    cp.prior_synthesis = closed["markdown"]
+    cp.ledger = closed["ledger"] if last == loop else state.ledger(last) or {}
+    cp.prior_synthesis = closed["markdown"] if last == loop else state.synthesis(last)
     cp.usage = usage
     cp.calls = calls
     save_checkpoint(inputs.out_dir, cp)
@@ -761,6 +769,7 @@ def _finish_run(
         raise RuntimeError(f"run {meta.run_id}: cannot finish, loop {last} has no checkpoint")
     write_final(
         inputs.out_dir,
+        config=inputs.config,
         ledger=ClosureLedger.from_dict(ledger),
         constitution_hash=inputs.constitution_hash,
         usage_totals=dict(cp.usage),

@@ -17,6 +17,7 @@ yields its findings once.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -27,10 +28,13 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from orchestrator.metrics import abandoned_job_handler
+
 QUEUE_NAMES = ("reviewer", "synth")
 DEFAULT_MAINTENANCE_INTERVAL = 15
 DEFAULT_MONITORING_INTERVAL = 5
 DEFAULT_ABANDON_GRACE = 30
+PRELOAD = ("orchestrator.distributed", "anthropic")
 
 
 class ReviewWorker(Worker):
@@ -91,6 +95,7 @@ def make_worker(
         worker_ttl=max(60, maintenance_interval + 30),
     )
     worker.abandon_grace = abandon_grace
+    worker.push_exc_handler(abandoned_job_handler)  # counts abandoned jobs for the metrics
     return worker
 
 
@@ -107,6 +112,10 @@ def run_worker(
     log_level: str = "INFO",
 ) -> bool:
     """Work until stopped (or, with `burst`, until the queues are empty)."""
+    # Import the job functions (and the SDK) once here: every job runs in a forked
+    # work horse, which would otherwise import them again for each job.
+    for module in PRELOAD:
+        importlib.import_module(module)
     worker = make_worker(
         conn,
         queues,

@@ -2,10 +2,11 @@
 
 At most `attempts` tries (3 by default), exponential backoff with jitter, and the
 server's `retry-after` honoured when it sends one. Transient failures are retried:
-connection errors and timeouts, HTTP 408, 409, 429, every 5xx (529 "overloaded"
-included), and errors the API streams after a 200. Any other 4xx (a malformed request,
-a bad key, a missing model) fails at once, because repeating it cannot succeed. The
-SDK's own retries are switched off (`max_retries=0`) so the two never multiply.
+connection errors and timeouts (also those raised mid-stream), HTTP 408, 409, 429,
+every 5xx (529 "overloaded" included), and errors the API streams after a 200. Any
+other 4xx (a malformed request, a bad key, a missing model) fails at once, because
+repeating it cannot succeed. The SDK's own retries are switched off (`max_retries=0`)
+so the two never multiply.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 T = TypeVar("T")
 
+try:  # the SDK's HTTP client: httpx2 for anthropic 2.x, httpx before
+    import httpx2 as _http
+except ImportError:  # pragma: no cover - depends on the installed SDK
+    import httpx as _http
+
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (_http.TransportError,)
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 RETRY_AFTER_CAP_SECONDS = 300.0
 
@@ -37,6 +44,10 @@ class ModelCallError(Exception):
 
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, anthropic.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        # Raised unwrapped by the SDK once a stream has started: a read timeout or a
+        # dropped connection mid-answer.
         return True
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code

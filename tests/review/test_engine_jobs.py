@@ -194,3 +194,37 @@ async def test_claude_cli_backend_reads_prompt_from_stdin(
     sent = seen.read_text()
     assert sent.startswith(payload["prompt"]["system"][:200])
     assert '<assignment role="architect" loop="1"' in sent
+
+
+async def test_error_streamed_after_200_is_retried(
+    stub: MessagesStub, payload: dict[str, Any]
+) -> None:
+    stub.script([Reply(stream_error="overloaded_error")])
+    result = await run_reviewer_async(payload)
+    assert [r.status for r in stub.recorded()] == [200, 200]
+    assert result["status"] == "ok" and result["attempts"] == 2
+    assert len(result["findings_raw"]) == 2
+
+
+async def test_request_timeout_is_retried_then_recorded_as_failure(
+    stub: MessagesStub, payload: dict[str, Any]
+) -> None:
+    stub.latency = 2.0
+    result = await run_reviewer_async(with_settings(payload, request_timeout=0.3))
+    assert result["status"] == "failed" and result["attempts"] == 3, result
+    assert len(stub.recorded()) == 3
+    assert "Timeout" in result["error"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        ([], TypeError, "payload: must be a dict"),
+        ({"prompt": {}}, ValueError, "payload: missing key"),
+    ],
+)
+async def test_reviewer_job_rejects_malformed_payloads(
+    bad: object, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        await run_reviewer_async(bad)  # type: ignore[arg-type]

@@ -57,6 +57,7 @@ class Reply:
     retry_after: str | None = None
     latency: float | None = None  # seconds; None: the stub's default
     stop_reason: str = "end_turn"
+    stream_error: str | None = None  # e.g. "overloaded_error": sent as an SSE error event
 
 
 @dataclass(slots=True)
@@ -490,6 +491,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._chunk("message_start", {"type": "message_start", "message": message})
         if latency:
             time.sleep(latency)
+        if reply.stream_error is not None:
+            # The API can fail after a 200 has started: an `error` event ends the stream.
+            self._chunk(
+                "error",
+                {"type": "error", "error": {"type": reply.stream_error, "message": "mid-stream"}},
+            )
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
         self._chunk(
             "content_block_start",
             {

@@ -339,3 +339,31 @@ async def test_role_reviewers_run_concurrently_within_the_limit(
     limited = [r for r in stub.recorded() if r.role != "adversarial"]
     assert len(limited) == 7
     assert _max_in_flight(limited) == 2
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "match"),
+    [
+        ({"max_loops": 0}, ValueError, "max_loops: must be >= 1"),
+        ({"max_loops": True}, TypeError, "max_loops: must be an int"),
+        ({"resume": True, "fresh": True}, ValueError, "resume, fresh: choose one"),
+    ],
+)
+def test_run_options_reject_bad_arguments(
+    repo: Path, tmp_path: Path, kw: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        options(repo, tmp_path / "out", **kw)
+
+
+async def test_a_second_run_on_the_same_output_is_refused_while_one_holds_it(
+    stub: MessagesStub, repo: Path, tmp_path: Path
+) -> None:
+    from filelock import FileLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with FileLock(str(out / ".run.lock")), pytest.raises(RunError, match="another run"):
+        await run_review(options(repo, out))
+    assert stub.recorded() == []
+    assert sorted(p.name for p in out.iterdir()) == [".run.lock"]

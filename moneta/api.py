@@ -166,7 +166,11 @@ class Moneta:
         """
         hot, index = self._hot, self._index
         if index.count() == 0 and len(hot):
-            deposited = set(hot.ids)
+            # A fresh (in-memory) index: load every hot row without a cold copy in bulk.
+            rows = [row for row, link in enumerate(hot.usd_links) if link is None]
+            if rows:
+                index.upsert(hot.records(rows))
+            deposited = set()
         candidates = [e for e in deposited if e in hot]
         cold = {
             r.entity_id: r for r in index.get(candidates) if r.state == EntityState.CONSOLIDATED

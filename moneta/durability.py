@@ -162,11 +162,14 @@ _UTF8_ERRORS = "surrogatepass"
 
 def _pack_strings(values: Sequence[str | None]) -> tuple[np.ndarray, bytes]:
     """Lengths in code points (-1 for None) and the UTF-8 blob of all values."""
-    lengths = np.fromiter(
-        (-1 if v is None else len(v) for v in values), dtype=np.int64, count=len(values)
-    )
-    blob = "".join(v for v in values if v is not None).encode("utf-8", _UTF8_ERRORS)
-    return lengths, blob
+    n = len(values)
+    try:  # no None (payloads): C-level passes only, so a snapshot does not hog the GIL
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)  # type: ignore[arg-type]
+        text = "".join(values)  # type: ignore[arg-type]
+    except TypeError:
+        lengths = np.array([-1 if v is None else len(v) for v in values], dtype=np.int64)
+        text = "".join(v for v in values if v is not None)
+    return lengths, text.encode("utf-8", _UTF8_ERRORS)
 
 
 def _unpack_strings(lengths: np.ndarray, blob: bytes | memoryview) -> list[str | None]:

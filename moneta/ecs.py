@@ -26,6 +26,10 @@ from uuid import UUID, SafeUUID
 
 import numpy as np
 
+# np.unique imports numpy.ma on first use (~40 ms): pay that at import, not inside
+# the first sleep pass of a process.
+import numpy.ma
+
 from moneta.durability import HotImage
 from moneta.protocols import VectorRecord
 from moneta.types import EntityState, Memory
@@ -331,10 +335,14 @@ class HotTier:
         )
 
     def records(self, rows: Sequence[int] | np.ndarray) -> list[VectorRecord]:
-        """Vector-index records of ``rows`` (state VOLATILE), built column-wise: one
-        vector copy and one conversion per column instead of per-row indexing."""
+        """Vector-index records of ``rows`` (state VOLATILE), built column-wise.
+
+        Their vectors are views of the live table (no 4·dim bytes per row of
+        temporaries on a bulk load): pass them to ``VectorIndex.upsert`` at once,
+        under the handle's lock, which copies them.
+        """
         rows = np.asarray(rows, dtype=np.int64)
-        vectors = self._vectors[rows]  # fancy indexing copies
+        vectors = self._vectors
         utility = self._utility[rows].tolist()
         attended = self._attended[rows].tolist()
         floor = self._floor[rows].tolist()
@@ -342,7 +350,7 @@ class HotTier:
         ids, payloads = self.ids, self.payloads
         volatile = EntityState.VOLATILE
         return [
-            VectorRecord(ids[r], vectors[i], payloads[r], utility[i], attended[i], floor[i],
+            VectorRecord(ids[r], vectors[r], payloads[r], utility[i], attended[i], floor[i],
                          last[i], volatile)
             for i, r in enumerate(rows.tolist())
         ]  # fmt: skip

@@ -84,7 +84,8 @@ class Journal:
         recovery = Recovery(hot=hot, pending=[], meta=meta)
         for record in self._wal.replay(covered):
             _apply(recovery, record)
-            recovery.replayed += 1
+            if not _is_reset(record):
+                recovery.replayed += 1
         self.records_since_checkpoint = recovery.replayed
         if recovery.replayed:
             logger.info(
@@ -133,6 +134,12 @@ _PENDING_RESET = RowsUpdateRecord(
     state=np.empty(0, dtype=np.int8),
     usd_links=[],
 )
+
+
+def _is_reset(record: WalRecord) -> bool:
+    """The checkpoint's empty rows update: changes no row, so it is not a replayed change
+    (a store closed cleanly reopens without writing a new snapshot)."""
+    return isinstance(record, RowsUpdateRecord) and not record.entity_ids
 
 
 def attention_record(entry: AttentionEntry) -> AttentionRecord:

@@ -59,6 +59,10 @@ class Scheduler:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+            # The tasks are bound methods of the owner: dropping them breaks the
+            # owner <-> scheduler cycle, so a closed handle's columns are freed as soon
+            # as the caller drops it, not at the next full garbage collection.
+            self._tasks.clear()
 
     def _run(self) -> None:
         while not self._stopping:

@@ -73,24 +73,43 @@ class _Partition:
             while capacity < end:
                 capacity *= 2
             self._allocate(capacity)
-        block = self.vectors[start:end]
         if k == 1:
-            block[0] = records[0].vector
-        else:
-            np.stack([r.vector for r in records], out=block)
+            self._append_one(records[0])
+            return
+        block = self.vectors[start:end]
+        # One flat copy; np.stack would cost a Python-level call per row.
+        np.concatenate([r.vector for r in records], out=block.reshape(-1))
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        np.divide(1.0, norms, out=self.inv_norm[start:end], where=norms > 0)
-        self.inv_norm[start:end][norms == 0] = 0.0
+        inv = self.inv_norm[start:end]
+        inv[:] = 0.0
+        np.divide(1.0, norms, out=inv, where=norms > 0)
         self.utility[start:end] = [r.utility for r in records]
         self.attended[start:end] = [r.attended_count for r in records]
         self.floor[start:end] = [r.protected_floor for r in records]
         self.last[start:end] = [r.last_evaluated for r in records]
-        for offset, record in enumerate(records):
-            self.row[record.entity_id] = start + offset
-            self.ids.append(record.entity_id)
-            self.payloads.append(record.payload)
-            self.links.append(record.usd_link)
+        ids = [r.entity_id for r in records]
+        self.row.update(zip(ids, range(start, end), strict=True))
+        self.ids.extend(ids)
+        self.payloads.extend([r.payload for r in records])
+        self.links.extend([r.usd_link for r in records])
         self.n = end
+
+    def _append_one(self, record: VectorRecord) -> None:
+        """The deposit path: scalar stores only, no temporaries."""
+        row = self.n
+        vector = self.vectors[row]
+        vector[:] = record.vector
+        norm = math.sqrt(float(np.dot(vector, vector)))
+        self.inv_norm[row] = 1.0 / norm if norm > 0 else 0.0
+        self.utility[row] = record.utility
+        self.attended[row] = record.attended_count
+        self.floor[row] = record.protected_floor
+        self.last[row] = record.last_evaluated
+        self.row[record.entity_id] = row
+        self.ids.append(record.entity_id)
+        self.payloads.append(record.payload)
+        self.links.append(record.usd_link)
+        self.n = row + 1
 
     def write(self, row: int, record: VectorRecord) -> None:
         self.vectors[row] = record.vector
@@ -200,10 +219,24 @@ class InMemoryVectorIndex:
                         f"record {r.entity_id}: vector dimension {size} != index dimension {dim}"
                     )
             self._dim = dim
+            if len(records) == 1:  # the deposit path
+                record = records[0]
+                found = self._find(record.entity_id)
+                if found is not None and found[0].state == record.state:
+                    found[0].write(found[1], record)
+                    return
+                if found is not None:
+                    found[0].remove([found[1]])
+                self._part(record.state).append(records)
+                return
             # The last write of an id wins, as if the records were applied in order.
             latest = {r.entity_id: r for r in records}
             fresh: dict[EntityState, list[VectorRecord]] = {}
             moved: dict[int, tuple[_Partition, list[int]]] = {}
+            if not any(part.n for part in self._parts.values()):
+                for record in latest.values():  # nothing to replace: a bulk load
+                    fresh.setdefault(EntityState(record.state), []).append(record)
+                latest = {}
             for record in latest.values():
                 found = self._find(record.entity_id)
                 if found is not None:

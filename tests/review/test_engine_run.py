@@ -367,3 +367,25 @@ async def test_a_second_run_on_the_same_output_is_refused_while_one_holds_it(
         await run_review(options(repo, out))
     assert stub.recorded() == []
     assert sorted(p.name for p in out.iterdir()) == [".run.lock"]
+
+
+async def test_constitution_edit_during_a_loop_writes_nothing_of_that_loop(
+    stub: MessagesStub, repo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    edited: list[int] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "reviewer_done" and event["loop"] == 2 and not edited:
+            constitution = repo / "docs/review-constitution.md"
+            constitution.write_text(constitution.read_text() + "\nMid-loop edit.\n")
+            edited.append(2)
+
+    with pytest.raises(DriftError, match="constitution drift"):
+        await run_review(options(repo, out), on_event=on_event)
+    cp = load_checkpoint(out)
+    assert cp is not None and cp.completed_loops == [1]
+    assert {r["loop"] for r in read_jsonl(out / "loops.jsonl")} == {1}
+    assert {r["loop"] for r in read_jsonl(out / "findings.jsonl")} == {1}
+    assert not (out / "loop-2-concurrency-atomicity.md").exists()
+    assert not (out / "synthesis.md").exists()

@@ -37,6 +37,7 @@ from orchestrator.distributed_cli import (
     status_command,
     worker_command,
 )
+from orchestrator.metrics import embedded_metrics, metrics_command
 from orchestrator.plan import DriftError, dry_run_plan, prepare_run
 from orchestrator.run import RunError, RunOptions, run_review
 from orchestrator.snapshot import SnapshotError
@@ -150,6 +151,12 @@ def main() -> None:
     help="Stop before a call that would take the run's estimated cost past this (USD); "
     "--resume with a larger budget continues.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Embedded: serve Prometheus metrics of this run on this port while it runs.",
+)
 def run(
     repo: Path,
     config_file: Path | None,
@@ -165,6 +172,7 @@ def run(
     run_id: str | None,
     wait: bool,
     budget_usd: float | None,
+    metrics_port: int | None,
 ) -> None:
     """Review --repo in themed loops and write findings and syntheses to --out."""
     if resume and fresh:
@@ -210,6 +218,7 @@ def run(
             fresh=fresh,
             max_loops=max_loops,
             budget_usd=budget_usd,
+            recorder=embedded_metrics(metrics_port),
         )
         report = anyio.run(lambda: run_review(options, on_event=_echo_event))
     except NoBackendAvailable as exc:
@@ -229,6 +238,7 @@ def run(
 
 
 main.add_command(worker_command)
+main.add_command(metrics_command)
 main.add_command(status_command)
 
 

@@ -30,6 +30,7 @@ from orchestrator.checkpoint import (
 )
 from orchestrator.config import ReviewConfig
 from orchestrator.cost import budget_backend, check_budget, render_cost_summary
+from orchestrator.metrics import MeteredBackend, record_loop
 from orchestrator.plan import (
     DriftError,
     RunInputs,
@@ -64,6 +65,7 @@ class RunOptions:
     max_loops: int | None = None
     backend: str | None = None  # None: the config's backend (usually "auto")
     budget_usd: float | None = None  # stop before a call that would exceed it (cost.py)
+    recorder: Any = None  # orchestrator.metrics.Recorder: calls, retries, findings (metrics.py)
 
     def __post_init__(self) -> None:
         if self.max_loops is not None and (
@@ -237,6 +239,9 @@ async def _run_locked(
 ) -> RunReport:
     inputs.check_drift()
     cp = open_checkpoint(inputs, options, emit)
+    run_label = inputs.out_dir.name or "embedded"
+    if options.recorder is not None:  # metrics see real calls, not budget-held replays
+        backend = MeteredBackend(backend, options.recorder, run_label, inputs.config)
     meter, backend = budget_backend(
         backend,
         inputs.config,
@@ -294,6 +299,8 @@ async def _run_locked(
         cp.completed_loops = sorted({*cp.completed_loops, loop})
         cp.calls += len(results)
         save_checkpoint(inputs.out_dir, cp)
+        if options.recorder is not None:
+            record_loop(options.recorder, run_label, loop, results, closed["counts"])
         emit({"event": "loop_done", "loop": loop, "counts": closed["counts"]})
     final = write_final(
         inputs.out_dir,

@@ -26,10 +26,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from numbers import Integral, Real
 from pathlib import Path
 from uuid import UUID
@@ -134,6 +140,28 @@ class _Stack:
         return [*content, self.protected, self.root]
 
 
+@dataclass(frozen=True, slots=True)
+class _Edit:
+    """One write as data: what to author, remove and stamp, layer by file name.
+
+    Plain values (no Sdf objects) so the writer process can send it back and this
+    process can apply exactly the same edit to its own layers.
+    """
+
+    writes: tuple[tuple[str, _PrimValues], ...] = ()
+    deletes: tuple[tuple[str, UUID], ...] = ()
+    stamps: tuple[tuple[str, str, float], ...] = ()
+
+    def layer_names(self) -> list[str]:
+        names = [n for n, _ in self.writes] + [n for n, _ in self.deletes]
+        return sorted({*names, *(n for n, _, _ in self.stamps)})
+
+    def days(self) -> set[DailyLayer]:
+        """The daily layers the edit touches."""
+        parsed = (DailyLayer.parse(name) for name in self.layer_names())
+        return {day for day in parsed if day is not None}
+
+
 def _save(layer: Sdf.Layer) -> bool:
     return bool(layer.Save())
 
@@ -144,7 +172,10 @@ class UsdTarget:
     ``max_prims_per_layer`` is the rotation cap of a daily layer. ``save_layer``
     replaces ``Sdf.Layer.Save`` for every layer save (a seam for fault injection
     and for measuring lock policies); it must return True only if the layer is on
-    disk.
+    disk. ``writer_process=True`` makes every write (and its ``Save()``) happen in a
+    child process holding its own copy of the layers, so the GIL that ``Save()``
+    holds while it serialises is not this process's; ``save_layer`` must then be
+    picklable and runs in that process.
     """
 
     def __init__(
@@ -153,7 +184,10 @@ class UsdTarget:
         *,
         max_prims_per_layer: int = DEFAULT_MAX_PRIMS_PER_LAYER,
         save_layer: LayerSaver | None = None,
+        writer_process: bool = False,
     ) -> None:
+        if not isinstance(writer_process, bool):
+            raise TypeError(f"writer_process must be a bool, got {type(writer_process).__name__}")
         if (
             isinstance(max_prims_per_layer, bool)
             or not isinstance(max_prims_per_layer, Integral)
@@ -171,9 +205,13 @@ class UsdTarget:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ColdLayerError(f"cannot create cold-tier directory {self._dir}: {exc}") from exc
+        self._writer: _WriterProcess | None = None
+        if writer_process:
+            self._writer = _WriterProcess(self._dir, self._cap, save_layer)
         with self._write_mutex:
             self._stack: _Stack | None = _load(self._dir)
-            self._save_dirty(self._stack, "open")
+            if self._writer is None:
+                self._save_dirty(self._stack, "open")
 
     # --- properties -----------------------------------------------------------
 
@@ -204,46 +242,21 @@ class UsdTarget:
         records = _validated_batch(batch, "batch")
         _check_text(batch_id, "batch_id")
         when = _check_finite(authored_at, "authored_at")
-        with self._write_mutex:
-            stack = self._open_stack()
-            placement, new_layers = self._plan(stack, records, when)
-
-            def edit(stack: _Stack) -> None:
-                touched = _adopt(stack, new_layers) | set(placement.values())
-                for record in records:
-                    day = placement[record.entity_id]
-                    _write_prim(stack.daily[day], record)
-                    stack.home[record.entity_id] = day
-                for day in touched:
-                    _stamp(stack.daily[day], batch_id, when)
-
-            self._edit(edit, "author", sorted({d.filename for d in placement.values()}))
-            self._save_dirty(self._open_stack(), "author")
+        self._write("author", (records, batch_id, when))
         return {record.entity_id: prim_link(record.entity_id) for record in records}
 
     def forget(self, entity_ids: Iterable[UUID]) -> None:
         """Remove the entities' prims from every layer (protected included) and save."""
         ids = _validated_ids(entity_ids, "entity_ids")
-        with self._write_mutex:
-            stack = self._open_stack()
-
-            def edit(stack: _Stack) -> None:
-                layers = [stack.protected, *stack.daily.values()]
-                for entity_id in ids:
-                    path = Sdf.Path(prim_link(entity_id))
-                    for layer in layers:
-                        if layer.GetPrimAtPath(path) is not None:
-                            del layer.rootPrims[path.name]
-                    stack.home.pop(entity_id, None)
-                    stack.protected_ids.discard(entity_id)
-
-            self._edit(edit, "forget", [PROTECTED_LAYER, *(d.filename for d in stack.daily)])
-            self._save_dirty(self._open_stack(), "forget")
+        self._write("forget", (ids,))
 
     def close(self) -> None:
-        """Release the layers and the reader stage. Idempotent."""
+        """Release the layers, the reader stage and the writer process. Idempotent."""
         with self._write_mutex, self._lock:
             self._stack = None
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def __enter__(self) -> UsdTarget:
         return self
@@ -264,17 +277,7 @@ class UsdTarget:
         records = _validated_batch(batch, "batch")
         _check_text(batch_id, "batch_id")
         when = _check_finite(authored_at, "authored_at")
-        with self._write_mutex:
-            self._open_stack()
-
-            def edit(stack: _Stack) -> None:
-                for record in records:
-                    _write_prim(stack.protected, record)
-                    stack.protected_ids.add(record.entity_id)
-                _stamp(stack.protected, batch_id, when)
-
-            self._edit(edit, "author_protected", [PROTECTED_LAYER])
-            self._save_dirty(self._open_stack(), "author_protected")
+        self._write("author_protected", (records, batch_id, when))
         return {record.entity_id: prim_link(record.entity_id) for record in records}
 
     def unpin(self, entity_ids: Iterable[UUID], *, authored_at: float) -> dict[UUID, str]:
@@ -287,32 +290,8 @@ class UsdTarget:
         """
         ids = _validated_ids(entity_ids, "entity_ids")
         when = _check_finite(authored_at, "authored_at")
-        with self._write_mutex:
-            stack = self._open_stack()
-            with self._lock:
-                composed = [_compose(stack, i) for i in ids if i in stack.protected_ids]
-            records = [
-                _PrimValues(rec.entity_id, {**_values_of(rec), "protectedFloor": 0.0})
-                for rec in composed
-                if rec is not None
-            ]
-            if not records:
-                return {}
-            placement, new_layers = self._plan(stack, records, when)
-
-            def edit(stack: _Stack) -> None:
-                _adopt(stack, new_layers)
-                for record in records:
-                    day = placement[record.entity_id]
-                    _write_prim(stack.daily[day], record)
-                    stack.home[record.entity_id] = day
-                    del stack.protected.rootPrims[prim_name(record.entity_id)]
-                    stack.protected_ids.discard(record.entity_id)
-
-            layers = [PROTECTED_LAYER, *sorted({d.filename for d in placement.values()})]
-            self._edit(edit, "unpin", layers)
-            self._save_dirty(self._open_stack(), "unpin")
-        return {record.entity_id: prim_link(record.entity_id) for record in records}
+        edit = self._write("unpin", (ids, when))
+        return {record.entity_id: prim_link(record.entity_id) for _, record in edit.writes}
 
     # --- readers --------------------------------------------------------------
 
@@ -359,10 +338,73 @@ class UsdTarget:
             raise ColdTierClosedError(f"cold tier at {self._dir} is closed")
         return self._stack
 
-    def _plan(
+    def _write(self, action: str, args: tuple) -> _Edit:
+        """One write: planned, applied and saved here, or by the writer process.
+
+        With a writer process, that process (its own copy of the layers) plans,
+        applies and saves; only once it has saved does this process apply the same
+        edit to its layers, which it never saves. A failed save is therefore never
+        visible to readers here, and the edit's placement is the writer's.
+        """
+        with self._write_mutex:
+            stack = self._open_stack()
+            if self._writer is None:
+                return self._perform(action, args)
+            edit = self._writer.call(action, args)
+            missing = edit.days() - set(stack.daily)
+            new_layers = {day: _open_layer(self._dir / day.filename) for day in missing}
+            self._edit(lambda s: _apply(s, edit, new_layers), action, edit.layer_names())
+            return edit
+
+    def _perform(self, action: str, args: tuple) -> _Edit:
+        """Plan, apply (one ChangeBlock under the reader lock) and save one write."""
+        stack = self._open_stack()
+        if action == "author":
+            edit = self._plan_author(stack, *args)
+        elif action == "author_protected":
+            records, batch_id, when = args
+            edit = _Edit(
+                writes=tuple((PROTECTED_LAYER, r) for r in records),
+                stamps=((PROTECTED_LAYER, batch_id, when),),
+            )
+        elif action == "unpin":
+            edit = self._plan_unpin(stack, *args)
+        elif action == "forget":
+            edit = _plan_forget(stack, *args)
+        else:
+            raise ValueError(f"unknown cold-tier write {action!r}")
+        missing = edit.days() - set(stack.daily)
+        new_layers = {day: _new_layer(self._dir / day.filename) for day in missing}
+        self._edit(lambda s: _apply(s, edit, new_layers), action, edit.layer_names())
+        self._save_dirty(self._open_stack(), action)
+        return edit
+
+    def _plan_author(
+        self, stack: _Stack, records: Sequence[_PrimValues], batch_id: str, when: float
+    ) -> _Edit:
+        placement = self._placement(stack, records, when)
+        writes = tuple((placement[r.entity_id].filename, r) for r in records)
+        touched = sorted({day.filename for day in placement.values()})
+        return _Edit(writes=writes, stamps=tuple((name, batch_id, when) for name in touched))
+
+    def _plan_unpin(self, stack: _Stack, ids: Sequence[UUID], when: float) -> _Edit:
+        with self._lock:
+            composed = [_compose(stack, i) for i in ids if i in stack.protected_ids]
+        records = [
+            _PrimValues(rec.entity_id, {**_values_of(rec), "protectedFloor": 0.0})
+            for rec in composed
+            if rec is not None
+        ]
+        placement = self._placement(stack, records, when)
+        return _Edit(
+            writes=tuple((placement[r.entity_id].filename, r) for r in records),
+            deletes=tuple((PROTECTED_LAYER, r.entity_id) for r in records),
+        )
+
+    def _placement(
         self, stack: _Stack, records: Sequence[_PrimValues], authored_at: float
-    ) -> tuple[dict[UUID, DailyLayer], dict[DailyLayer, Sdf.Layer]]:
-        """Choose each record's daily layer; make (unsaved) layers that do not exist yet.
+    ) -> dict[UUID, DailyLayer]:
+        """Choose each record's daily layer (its home, else the day's current layer).
 
         Runs outside the reader lock: only the writer, who holds the write mutex,
         changes the index it reads.
@@ -392,12 +434,7 @@ class UsdTarget:
                 current = current.next()
             placement[entity_id] = current
             sizes[current] += 1
-        new_layers = {
-            day: _new_layer(self._dir / day.filename)
-            for day in set(placement.values())
-            if day not in stack.daily
-        }
-        return placement, new_layers
+        return placement
 
     def _edit(self, edit: Callable[[_Stack], None], action: str, layers: Sequence[str]) -> None:
         """Run `edit` under the reader lock inside one ChangeBlock.
@@ -487,12 +524,51 @@ def _load(directory: Path) -> _Stack:
     return _Stack(root, protected, daily, home, protected_ids)
 
 
-def _adopt(stack: _Stack, new_layers: dict[DailyLayer, Sdf.Layer]) -> set[DailyLayer]:
-    """Add new daily layers to the index and the root's stack (inside the edit)."""
+def _apply(stack: _Stack, edit: _Edit, new_layers: dict[DailyLayer, Sdf.Layer]) -> None:
+    """Apply `edit` to the open layers and the index (inside the ChangeBlock)."""
     if new_layers:
         stack.daily.update(new_layers)
         stack.root.subLayerPaths = stack_order(set(stack.daily))
-    return set(new_layers)
+
+    def layer_named(name: str) -> tuple[Sdf.Layer, DailyLayer | None]:
+        if name == PROTECTED_LAYER:
+            return stack.protected, None
+        day = DailyLayer.parse(name)
+        if day is None or day not in stack.daily:
+            raise ColdLayerError(f"edit names unknown layer {name!r}")
+        return stack.daily[day], day
+
+    for name, record in edit.writes:
+        layer, day = layer_named(name)
+        _write_prim(layer, record)
+        if day is None:
+            stack.protected_ids.add(record.entity_id)
+        else:
+            stack.home[record.entity_id] = day
+    for name, entity_id in edit.deletes:
+        layer, day = layer_named(name)
+        path = Sdf.Path(prim_link(entity_id))
+        if layer.GetPrimAtPath(path) is not None:
+            del layer.rootPrims[path.name]
+        if day is None:
+            stack.protected_ids.discard(entity_id)
+        elif stack.home.get(entity_id) == day:
+            del stack.home[entity_id]
+    for name, batch_id, when in edit.stamps:
+        _stamp(layer_named(name)[0], batch_id, when)
+
+
+def _plan_forget(stack: _Stack, ids: Sequence[UUID]) -> _Edit:
+    """Every opinion the entities have, in the protected layer and the daily ones."""
+    layers = [(PROTECTED_LAYER, stack.protected)]
+    layers += [(day.filename, layer) for day, layer in stack.daily.items()]
+    deletes = [
+        (name, entity_id)
+        for entity_id in ids
+        for name, layer in layers
+        if layer.GetPrimAtPath(Sdf.Path(prim_link(entity_id))) is not None
+    ]
+    return _Edit(deletes=tuple(deletes))
 
 
 def _compose(stack: _Stack, entity_id: UUID) -> ColdRecord | None:
@@ -604,6 +680,125 @@ def _values_of(record: ColdRecord) -> dict[str, object]:
         "lastEvaluated": record.last_evaluated,
         "priorState": record.prior_state,
     }
+
+
+# --- the writer process -------------------------------------------------------
+
+
+class _WriterProcess:
+    """A child process running an in-process ``UsdTarget`` on the same directory.
+
+    Requests are numbered: a reply to a call interrupted in this process (e.g. by
+    ``KeyboardInterrupt``) is skipped by the next call. A child that died is started
+    again on the next call, from the files.
+    """
+
+    def __init__(self, directory: Path, cap: int, save_layer: LayerSaver | None) -> None:
+        self._args = (str(directory), cap, save_layer)
+        self._seq = 0
+        self._conn: Connection | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._start()
+
+    def _start(self) -> None:
+        """Start ``python -c`` on a socket pair (no re-import of ``__main__``)."""
+        parent_sock, child_sock = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        code = (
+            "import sys; from moneta.usd_target import _writer_main; _writer_main(int(sys.argv[1]))"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(child_sock.fileno())],
+            pass_fds=[child_sock.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        child_sock.close()
+        conn = Connection(parent_sock.detach())
+        try:
+            conn.send(self._args)
+            status, detail = conn.recv()
+        except (EOFError, OSError) as exc:
+            proc.wait(5)
+            raise ColdLayerError(f"cold-tier writer process for {self._args[0]} died") from exc
+        if status != "ready":
+            proc.wait(5)
+            raise ColdLayerError(f"cold-tier writer process for {self._args[0]}: {detail}")
+        self._conn, self._proc = conn, proc
+
+    def call(self, action: str, args: tuple) -> _Edit:
+        if self._conn is None or self._proc is None or self._proc.poll() is not None:
+            self._start()
+        assert self._conn is not None
+        self._seq += 1
+        seq = self._seq
+        try:
+            self._conn.send((seq, action, args))
+            while True:
+                reply_seq, status, value = self._conn.recv()
+                if reply_seq == seq:
+                    break
+        except (EOFError, OSError) as exc:
+            self._conn = None
+            raise AuthoringError(
+                f"cold tier {action} in {self._args[0]}: writer process exited ({exc!r})",
+                failed=["writer process"],
+            ) from exc
+        if status == "ok":
+            return value
+        if status == "authoring":
+            message, saved, failed, pending = value
+            raise AuthoringError(message, saved=saved, failed=failed, pending=pending)
+        if status == "value":
+            raise ValueError(value)
+        raise AuthoringError(f"cold tier {action} in {self._args[0]}: {value}")
+
+    def close(self) -> None:
+        conn, proc, self._conn, self._proc = self._conn, self._proc, None, None
+        if conn is not None:
+            with suppress(OSError):
+                conn.send((0, "close", ()))
+            conn.close()
+        if proc is not None:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _writer_main(fd: int) -> None:
+    """Body of the writer process: serve writes until told to close or the pipe ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about Ctrl-C
+    conn = Connection(fd)
+    try:
+        directory, cap, save_layer = conn.recv()
+        target = UsdTarget(directory, max_prims_per_layer=cap, save_layer=save_layer)  # type: ignore[arg-type]
+    except Exception as exc:
+        conn.send(("error", repr(exc)))
+        return
+    conn.send(("ready", None))
+    try:
+        while True:
+            try:
+                seq, action, args = conn.recv()
+            except EOFError:
+                break
+            if action == "close":
+                break
+            try:
+                with target._write_mutex:
+                    reply = (seq, "ok", target._perform(action, args))
+            except AuthoringError as exc:
+                base = str(exc).rsplit(" (saved=", 1)[0]
+                reply = (seq, "authoring", (base, exc.saved, exc.failed, exc.pending))
+            except (ValueError, TypeError) as exc:
+                reply = (seq, "value", str(exc))
+            except Exception as exc:
+                reply = (seq, "error", repr(exc))
+            conn.send(reply)
+    finally:
+        target.close()
 
 
 # --- validation --------------------------------------------------------------

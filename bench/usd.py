@@ -15,7 +15,9 @@ every (batch size, lock policy) pair runs on a fresh copy of it:
   a batch takes longer) for 2 s, as a sleep pass does.
 
 Lock policies: ``narrow`` is ``UsdTarget`` as shipped (the reader lock covers the
-ChangeBlock only). ``through_save`` also takes the reader lock around every layer
+ChangeBlock only). ``writer_process`` is ``UsdTarget(writer_process=True)``: the
+narrow lock, with every write and ``Save()`` done in a child process (this process
+applies the saved edit). ``through_save`` also takes the reader lock around every layer
 ``Save()`` (through the ``save_layer`` seam), i.e. the lock held through Save.
 """
 
@@ -179,7 +181,10 @@ def run_config(
     """One (accumulated, batch, policy) run on a fresh copy of `base`."""
     shutil.copytree(base, work)
     saver = Saver(through_save=policy == "through_save")
-    target = UsdTarget(work, save_layer=saver, max_prims_per_layer=cap)
+    if policy == "writer_process":  # Save() in the child; saves are not timed here
+        target = UsdTarget(work, max_prims_per_layer=cap, writer_process=True)
+    else:
+        target = UsdTarget(work, save_layer=saver, max_prims_per_layer=cap)
     lock = TimedLock()
     target._lock = lock  # type: ignore[assignment]  # measure the writer's hold times
     saver.lock = lock
@@ -222,6 +227,7 @@ def run_config(
     thread = threading.Thread(target=reader, name="reader")
     lock.writer = threading.current_thread()
     authoring: list[float] = []
+    totals: list[float] = []
     saving: list[float] = []
     saved_layers: set[str] = set()
     thread.start()
@@ -231,7 +237,9 @@ def run_config(
         while time.perf_counter() - started < seconds or number < 3:
             memories = [memory(1_000_000 + number * batch + i) for i in range(batch)]
             holds_before, saves_before = len(lock.holds), len(saver.times)
+            began = time.perf_counter()
             target.author(memories, batch_id=f"bench-{number}", authored_at=NOON_UTC)
+            totals.append(time.perf_counter() - began)
             edit_holds = lock.holds[holds_before:]
             saves = saver.times[saves_before:]
             authoring.append(edit_holds[0])  # the ChangeBlock's hold of the reader lock
@@ -259,6 +267,7 @@ def run_config(
         "layers_saved": sorted(saved_layers),
         "changeblock_hold": ms(authoring),
         "save_total_per_batch": ms(saving),
+        "author_call_per_batch": ms(totals),
         "reader_stall": ms(stalls),
         "reader_lock_wait": ms(waits),
         "reader_read_time": ms(reads),
@@ -271,6 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="10,100,500")
     parser.add_argument("--seconds", type=float, default=2.0, help="writer time per run")
     parser.add_argument("--cap", type=int, default=50_000, help="prims per daily layer")
+    parser.add_argument(
+        "--policies",
+        default="narrow,through_save,writer_process",
+        help="narrow, through_save, writer_process (UsdTarget(writer_process=True))",
+    )
     parser.add_argument(
         "--reader",
         choices=("stage", "read"),
@@ -298,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             probes[level] = save_gil_probe(base)
             gc.collect()
             for batch in batches:
-                for policy in ("narrow", "through_save"):
+                for policy in args.policies.split(","):
                     run = run_config(
                         base,
                         root / "run",

@@ -114,6 +114,9 @@ class ReviewConfig:
     extra: dict[str, object] = field(default_factory=dict)
     # model id or glob -> USD per million tokens by kind (see `orchestrator.cost`)
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    # --since REV: changed lines and the previous run's findings, JSON-ready (set by the
+    # CLI from `orchestrator.incremental.incremental_scope`, never read from TOML)
+    incremental: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # A config rebuilt from JSON (e.g. carried by a queued job) holds a plain dict.
@@ -222,7 +225,7 @@ def match_glob(pattern: str, path: str) -> bool:
 # --- configuration files ---------------------------------------------------------------
 
 DEFAULT_CONFIG_NAME = "defaults.toml"
-BACKENDS = ("auto", "anthropic", "claude-cli")
+BACKENDS = ("auto", "anthropic", "anthropic-batch", "claude-cli")
 CACHE_TTLS = ("5m", "1h")
 MAX_FINDINGS_LIMIT = 25
 MAX_ATTEMPTS_LIMIT = 3

@@ -310,11 +310,16 @@ def synthesize_loop(
         return rank_key(f, theme, role_order)
 
     survivors, duplicates = dedupe(scoped, key)
-    kept, noise_dropped, duplicates = apply_noise(
-        sorted(survivors, key=key), duplicates, config.noise
-    )
+    ranked = sorted(survivors, key=key)
+    diff_dropped: list[tuple[Finding, str]] = []
+    if config.incremental is not None:  # --since: before the caps, so they count kept ones
+        from orchestrator.incremental import apply_incremental  # imports this module
+
+        ranked, diff_dropped, duplicates = apply_incremental(ranked, duplicates, config.incremental)
+    kept, noise_dropped, duplicates = apply_noise(ranked, duplicates, config.noise)
     duplicates.sort(key=lambda d: d[0].id)
     dropped.extend(duplicates)
+    dropped.extend(diff_dropped)
     dropped.extend(noise_dropped)
     closures, status = record_closures(ledger, loop, kept, duplicates)
     synthesis = LoopSynthesis(

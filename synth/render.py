@@ -169,6 +169,8 @@ def _findings(add: Add, s: LoopSynthesis, config: ReviewConfig) -> None:
             flags.append("conflicts with a locked decision")
         if f.closes:
             flags.append(f"closes `{f.closes}`")
+        if f.novelty is not None:  # incremental run (--since)
+            flags.append(f"seen before as `{f.seen_as}`" if f.seen_as else "new")
         add(" · ".join(flags))
         add("")
         add(f"**Claim:** {one_line(f.claim)}")

@@ -176,6 +176,9 @@ def _result(
             ),
         },
     }
+    if f.novelty is not None:  # incremental run (--since): SARIF's own baseline marker
+        result["baselineState"] = "unchanged" if f.novelty == "seen" else "new"
+        result["properties"]["seenAs"] = f.seen_as
     if f.constitution_hash != constitution_hash:
         result["properties"]["staleConstitution"] = True
     if closed_by:

@@ -71,10 +71,14 @@ class Finding:
     references: tuple[str, ...]
     closes: str | None
     constitution_hash: str
+    # Incremental runs only (`orchestrator.incremental`): "seen" or "new", and the id of
+    # the previous run's finding this one repeats. Absent from to_dict() when unset.
+    novelty: str | None = None
+    seen_as: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the schema's key order (stable, so output is byte-stable)."""
-        return {
+        data = {
             "id": self.id,
             "role": self.role,
             "loop": self.loop,
@@ -92,6 +96,10 @@ class Finding:
             "closes": self.closes,
             "constitution_hash": self.constitution_hash,
         }
+        if self.novelty is not None:
+            data["novelty"] = self.novelty
+            data["seen_as"] = self.seen_as
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Finding:
@@ -114,6 +122,8 @@ class Finding:
             references=tuple(data["references"]),
             closes=data["closes"],
             constitution_hash=data["constitution_hash"],
+            novelty=data.get("novelty"),
+            seen_as=data.get("seen_as"),
         )
 
 

@@ -2,6 +2,7 @@
 
     moneta-review run [--repo PATH] [--config FILE] [--out DIR] [--resume | --fresh]
                       [--max-loops N] [--dry-run] [--backend NAME] [--model ID]
+                      [--since REV [--previous DIR]] [--format markdown|sarif]
     moneta-review config check FILE [--repo PATH]
     moneta-review config default
 
@@ -37,10 +38,12 @@ from orchestrator.distributed_cli import (
     status_command,
     worker_command,
 )
+from orchestrator.incremental import IncrementalError, incremental_scope
 from orchestrator.metrics import embedded_metrics, metrics_command
 from orchestrator.plan import DriftError, dry_run_plan, prepare_run
 from orchestrator.run import RunError, RunOptions, run_review
 from orchestrator.snapshot import SnapshotError
+from synth.outputs import SARIF
 from workers.backends import NoBackendAvailable, resolve_backend
 
 
@@ -152,6 +155,30 @@ def main() -> None:
     "--resume with a larger budget continues.",
 )
 @click.option(
+    "--since",
+    "since",
+    default=None,
+    metavar="REV",
+    help="Incremental review: keep only findings on lines changed since git revision REV "
+    "(the working tree against REV; reviewers still see the whole snapshot).",
+)
+@click.option(
+    "--previous",
+    "previous_run",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="With --since: a previous run's output directory; findings it already filed "
+    "(same file and claim, overlapping lines after the diff) are marked seen, not new.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["markdown", "sarif"]),
+    default="markdown",
+    show_default=True,
+    help="sarif: also print the run's synthesis.sarif (SARIF 2.1.0) on stdout.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -173,11 +200,23 @@ def run(
     wait: bool,
     budget_usd: float | None,
     metrics_port: int | None,
+    since: str | None,
+    previous_run: Path | None,
+    output_format: str,
 ) -> None:
     """Review --repo in themed loops and write findings and syntheses to --out."""
     if resume and fresh:
         raise click.UsageError("--resume and --fresh exclude each other")
+    if previous_run is not None and since is None:
+        raise click.UsageError("--previous needs --since REV (the revision it reviewed)")
+    if backend == "anthropic-batch" and redis_url:
+        raise click.UsageError("--backend anthropic-batch runs embedded (no --redis-url)")
     config = _load(config_file)
+    if since is not None:
+        try:
+            config = replace(config, incremental=incremental_scope(repo, since, previous_run))
+        except (IncrementalError, ValueError) as exc:
+            raise click.ClickException(f"--since {since}: {exc}") from exc
     overrides: dict[str, Any] = {}
     if model:
         overrides["model"] = model
@@ -208,6 +247,9 @@ def run(
                 wait=wait,
                 prefix=default_prefix(),
             )
+            if output_format == "sarif" and wait:
+                done = out_dir if out_dir.is_absolute() else repo / out_dir
+                sys.stdout.write((done / SARIF).read_text(encoding="utf-8"))
             return
         resolve_backend(config.backend)  # fail before any work if no model is reachable
         options = RunOptions(
@@ -235,6 +277,8 @@ def run(
             "see the loop files",
             err=True,
         )
+    if output_format == "sarif":
+        sys.stdout.write((report.out_dir / SARIF).read_text(encoding="utf-8"))
 
 
 main.add_command(worker_command)

@@ -13,6 +13,7 @@ The jobs are `workers.jobs.run_reviewer_async` and `synthesize_loop_job`, planne
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from synth.ledger import ClosureLedger
 from synth.outputs import write_final
 from synth.render import USAGE_KEYS
 from workers.backends import Backend, make_backend, resolve_backend
+from workers.batch_backend import batch_cost_summary
 from workers.jobs import run_reviewer_async, synthesize_loop_job
 
 Event = dict[str, Any]
@@ -239,6 +241,10 @@ async def _run_locked(
 ) -> RunReport:
     inputs.check_drift()
     cp = open_checkpoint(inputs, options, emit)
+    # A batch backend (workers.batch_backend) sends the calls that start together as one
+    # Message Batch: a wave starts at once, with no warm-up call and no concurrency cap;
+    # its usage is priced at the batch rate. (Read before a budget wraps the backend.)
+    batched = bool(getattr(backend, "batches_calls", False))
     run_label = inputs.out_dir.name or "embedded"
     if options.recorder is not None:  # metrics see real calls, not budget-held replays
         backend = MeteredBackend(backend, options.recorder, run_label, inputs.config)
@@ -253,7 +259,7 @@ async def _run_locked(
     if meter is not None:  # a budget stop in the first loop must leave a run to --resume
         save_checkpoint(inputs.out_dir, cp)
     ledger = cp.ledger
-    limiter = anyio.CapacityLimiter(inputs.config.concurrency)
+    limiter = anyio.CapacityLimiter(math.inf if batched else inputs.config.concurrency)
     todo = [n for n in inputs.loops(options.max_loops) if n not in cp.completed_loops]
     emit(
         {
@@ -279,7 +285,9 @@ async def _run_locked(
         emit({"event": "loop_start", "loop": loop, "theme": theme.slug})
         prior = cp.prior_synthesis
         jobs = role_jobs(inputs, loop, prior, name)
-        results = await _run_reviewers(jobs, backend, limiter, emit, warm_first=warm)
+        results = await _run_reviewers(
+            jobs, backend, limiter, emit, warm_first=warm and not batched
+        )
         warm = False
         check_budget(meter, results)
         adversary = adversarial_job(inputs, loop, prior, results, name)
@@ -308,7 +316,9 @@ async def _run_locked(
         ledger=ClosureLedger.from_dict(ledger),
         constitution_hash=inputs.constitution_hash,
         usage_totals=dict(cp.usage),
-        cost_summary=render_cost_summary({inputs.config.model: cp.usage}, inputs.config),
+        cost_summary=(batch_cost_summary if batched else render_cost_summary)(
+            {inputs.config.model: cp.usage}, inputs.config
+        ),
     )
     emit({"event": "run_done", "synthesis": str(final), "calls": calls})
     return RunReport(

@@ -21,7 +21,7 @@ import anyio
 from workers.prompts import ReviewerPrompt
 from workers.retry import ModelCallError
 
-BACKEND_NAMES = ("anthropic", "claude-cli")
+BACKEND_NAMES = ("anthropic", "anthropic-batch", "claude-cli")
 USAGE_KEYS = ("input", "output", "cache_write", "cache_read")
 
 OnStarted = Callable[[], None]
@@ -180,6 +180,10 @@ def make_backend(settings: CallSettings) -> Backend:
         return AnthropicBackend(settings)
     if settings.backend == "claude-cli":
         return ClaudeCliBackend(settings)
+    if settings.backend == "anthropic-batch":
+        from workers.batch_backend import AnthropicBatchBackend  # it imports this module
+
+        return AnthropicBatchBackend(settings)
     raise ValueError(
         f"backend: must be one of {', '.join(BACKEND_NAMES)}, got {settings.backend!r}"
     )
@@ -208,9 +212,9 @@ def resolve_backend(requested: str, claude_executable: str = "claude") -> str:
         if has_cli:
             return "claude-cli"
         raise NoBackendAvailable(NO_BACKEND_MESSAGE)
-    if requested == "anthropic" and not has_key:
+    if requested in ("anthropic", "anthropic-batch") and not has_key:
         raise NoBackendAvailable(
-            "backend anthropic: ANTHROPIC_API_KEY is not set. " + NO_BACKEND_MESSAGE
+            f"backend {requested}: ANTHROPIC_API_KEY is not set. " + NO_BACKEND_MESSAGE
         )
     if requested == "claude-cli" and not has_cli:
         raise NoBackendAvailable(

@@ -63,6 +63,7 @@ class MonetaConfig:
     durability: bool = True
     vector_backend: str | None = None
     cold_tier: str | None = None  # None: "usd" for file stores, "jsonl" for memory://
+    cold_writer_process: bool = False  # usd: write and Save() in a child process
     watch_interval_seconds: float = 0.25
     index_commit_interval_seconds: float = 1.0
     index_commit_every_records: int = 1024
@@ -104,7 +105,7 @@ class MonetaConfig:
         _require_int("checkpoint_every_records", self.checkpoint_every_records, 1)
         if _require_number("wal_fsync_interval_seconds", self.wal_fsync_interval_seconds) < 0:
             raise ValueError("wal_fsync_interval_seconds must be >= 0 (0 fsyncs every append)")
-        for name in ("auto_sleep", "durability"):
+        for name in ("auto_sleep", "durability", "cold_writer_process"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool")
         if self.vector_backend is not None and self.vector_backend not in VECTOR_BACKENDS:

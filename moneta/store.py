@@ -97,7 +97,7 @@ def open_target(config: MonetaConfig, directory: Path | None) -> AuthoringTarget
         raise ValueError("cold_tier 'usd' needs a file store, not memory://")
     from moneta.usd_target import UsdTarget  # optional backend, imported on use
 
-    return UsdTarget(directory / COLD_DIR)
+    return UsdTarget(directory / COLD_DIR, writer_process=config.cold_writer_process)
 
 
 def open_parts(config: MonetaConfig) -> StoreParts:

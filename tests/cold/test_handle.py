@@ -372,3 +372,25 @@ def test_protect_needs_the_usd_cold_tier(open_handle):
     assert m.stats().protected == 1
     with pytest.raises(TypeError, match=r"entity_id must be a uuid\.UUID"):
         m.protect("not an id")  # type: ignore[arg-type]
+
+
+def test_handle_with_the_cold_writer_process(open_handle, clock: Clock, store_dir: Path):
+    m = open_handle(cold_writer_process=True)
+    ids = deposit(m, 5)
+    report = consolidate(m, clock, ids[:3], keep=ids[3:])
+    assert (report.consolidated, report.error) == (3, None)
+    hit = m.query(vector(0), limit=1)[0]
+    assert (hit.entity_id, hit.state, hit.usd_link) == (
+        ids[0],
+        EntityState.CONSOLIDATED,
+        prim_link(ids[0]),
+    )
+    m.signal_attention({ids[0]: 0.5})
+    assert m.run_sleep_pass().hydrated == 1
+    m.close()
+    stage = stage_from_disk(cold_dir(store_dir))
+    assert sorted(p.GetAttribute("payload").Get() for p in memory_prims(stage)) == [
+        "memory 0",
+        "memory 1",
+        "memory 2",
+    ]

@@ -45,7 +45,7 @@ from synth.ledger import ClosureLedger
 from synth.outputs import write_final
 from synth.render import USAGE_KEYS
 from workers.backends import Backend, make_backend, resolve_backend
-from workers.batch_backend import batch_cost_summary
+from workers.batch_backend import batch_cost_summary, batch_price_config
 from workers.jobs import run_reviewer_async, synthesize_loop_job
 
 Event = dict[str, Any]
@@ -186,6 +186,7 @@ async def _run_reviewers(
                 "attempts": r["attempts"],
                 "findings": len(r["findings_raw"]) if isinstance(r["findings_raw"], list) else None,
                 "error": r["error"] or r["extraction_error"],
+                "usage": r["usage"],
             }
         )
 
@@ -250,7 +251,7 @@ async def _run_locked(
         backend = MeteredBackend(backend, options.recorder, run_label, inputs.config)
     meter, backend = budget_backend(
         backend,
-        inputs.config,
+        batch_price_config(inputs.config) if batched else inputs.config,
         budget_usd=options.budget_usd,
         out_dir=inputs.out_dir,
         completed_loops=cp.completed_loops,

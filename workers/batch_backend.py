@@ -25,6 +25,7 @@ that price with the saving against the synchronous price.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -260,6 +261,9 @@ class AnthropicBatchBackend:
         try:
             return await retrying(self.client.messages.batches.retrieve, batch_id)
         except RetryError as exc:
+            # Nobody will read its answers: stop paying for the entries not yet processed.
+            with contextlib.suppress(anthropic.APIError):
+                await self.client.messages.batches.cancel(batch_id)
             raise ModelCallError(
                 f"batch {batch_id} did not end within {self.max_wait:.0f} s", retryable=False
             ) from exc

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from orchestrator.checkpoint import load_checkpoint
-from orchestrator.cost import config_price, usage_cost
-from orchestrator.plan import call_settings
+from orchestrator.cost import BudgetExceeded, CostMeter, config_price, usage_cost
+from orchestrator.plan import call_settings, prepare_run, role_jobs
 from orchestrator.run import RunOptions, run_review
 from synth.outputs import read_jsonl
 from tests.review.engine_support import (
@@ -28,6 +28,7 @@ from tests.support.batch_stub import BatchStub
 from tests.support.messages_stub import MessagesStub, Reply
 from workers.backends import make_backend, resolve_backend
 from workers.batch_backend import BATCH_PRICE_FACTOR, AnthropicBatchBackend
+from workers.prompts import ReviewerPrompt
 
 CLI = (sys.executable, "-m", "orchestrator.cli", "run")
 SAME_FILES = ("findings.jsonl", "findings.dropped.jsonl", "findings.invalid.jsonl")
@@ -272,3 +273,63 @@ def test_cli_runs_a_batch_review_and_prints_sarif(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "runs embedded" in bad.stderr
+
+
+async def test_budget_counts_batch_calls_at_the_batch_rate(
+    api_env: pytest.MonkeyPatch, repo: Path, tmp_path: Path
+) -> None:
+    """A budget that fits a loop at the batch price, not at the list price."""
+    config = fast_config()
+    inputs = prepare_run(repo, config, tmp_path / "unused")
+    prompts = [ReviewerPrompt.from_dict(j["prompt"]) for j in role_jobs(inputs, 1, None, "-")]
+    list_meter = CostMeter(config, budget_usd=None)
+    wave_at_list = sum(list_meter.estimate(p, config.max_tokens_reviewer) for p in prompts)
+    budget = 0.55 * wave_at_list  # the wave's upper bound at the batch rate is 0.5x
+
+    with BatchStub(answer=scripted_answer) as stub:
+        api_env.setenv("ANTHROPIC_BASE_URL", stub.url)
+        out = tmp_path / "batch"
+        options = RunOptions(repo=repo, config=config, out_dir=out, max_loops=1, budget_usd=budget)
+        backend = batch_backend()
+        try:
+            report = await run_review(options, backend=backend)
+        finally:
+            await backend.aclose()
+        assert report.completed_loops == [1] and report.failed_reviewers == []
+        assert stub.batch_sizes() == [7, 1]
+
+    with MessagesStub(answer=scripted_answer) as stub:
+        api_env.setenv("ANTHROPIC_BASE_URL", stub.url)
+        options = RunOptions(
+            repo=repo,
+            config=config,
+            out_dir=tmp_path / "sync",
+            max_loops=1,
+            budget_usd=budget,
+            backend="anthropic",
+        )
+        with pytest.raises(BudgetExceeded):
+            await run_review(options)
+        assert len(stub.recorded(status=200)) < 7  # refused before the wave was paid
+
+
+async def test_a_batch_that_never_ends_is_cancelled_and_its_calls_fail(
+    api_env: pytest.MonkeyPatch, repo: Path, tmp_path: Path
+) -> None:
+    with BatchStub(answer=scripted_answer, polls_in_progress=10**6) as stub:
+        api_env.setenv("ANTHROPIC_BASE_URL", stub.url)
+        options = RunOptions(repo=repo, config=fast_config(), out_dir=tmp_path / "o", max_loops=1)
+        backend = batch_backend(max_wait=0.2)
+        try:
+            report = await run_review(options, backend=backend)
+        finally:
+            await backend.aclose()
+        # Not retried (waiting again could take another 24 h): one batch per wave.
+        assert stub.batch_sizes() == [7, 1]
+        assert all(b.cancel_requested and not b.ended for b in stub.batches.values())
+        cancels = [r for r in stub.recorded() if r.path.endswith("/cancel")]
+        assert len(cancels) == 2
+    assert len(report.failed_reviewers) == 8
+    assert all("did not end within" in error for _, _, error in report.failed_reviewers)
+    rows = read_jsonl(tmp_path / "o" / "loops.jsonl")[0]["reviewers"]
+    assert [(rv["status"], rv["attempts"]) for rv in rows] == [("failed", 1)] * 8

@@ -11,7 +11,9 @@ synchronous endpoint) that also serves what `client.messages.batches` calls:
 - `GET /v1/messages/batches/{id}`: `in_progress` for the first `polls_in_progress`
   retrieves of the batch, `ended` (with request counts and `results_url`) after;
 - `GET /v1/messages/batches/{id}/results`: the entries as JSONL, in reverse
-  submission order (results are unordered in the API; callers map by custom_id).
+  submission order (results are unordered in the API; callers map by custom_id);
+- `POST /v1/messages/batches/{id}/cancel`: marks the batch `canceling` (recorded in
+  `cancel_requested`).
 
 Every batch entry is recorded (`entries`) with its custom_id, role, loop, outcome and
 usage, and every batch (`batches`) with its custom_ids and the retrieves it saw.
@@ -59,6 +61,7 @@ class StubBatch:
     entries: list[BatchEntry]
     retrieves: int = 0
     ended: bool = False
+    cancel_requested: bool = False
 
     def counts(self) -> dict[str, int]:
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
@@ -196,13 +199,15 @@ class BatchStub(MessagesStub):
         return {
             "id": batch.id,
             "type": "message_batch",
-            "processing_status": "ended" if batch.ended else "in_progress",
+            "processing_status": "ended"
+            if batch.ended
+            else ("canceling" if batch.cancel_requested else "in_progress"),
             "request_counts": batch.counts(),
             "created_at": _rfc3339(batch.created_at),
             "expires_at": _rfc3339(batch.created_at + timedelta(hours=24)),
             "ended_at": _rfc3339(datetime.now(UTC)) if batch.ended else None,
             "archived_at": None,
-            "cancel_initiated_at": None,
+            "cancel_initiated_at": _rfc3339(batch.created_at) if batch.cancel_requested else None,
             "results_url": f"{base_url}{BATCHES_PATH}/{batch.id}/results" if batch.ended else None,
         }
 
@@ -231,7 +236,11 @@ class _BatchHandler(_Handler):
         return record
 
     def do_POST(self) -> None:
-        if self.path.split("?")[0] != BATCHES_PATH:
+        path = self.path.split("?")[0]
+        if path.startswith(BATCHES_PATH + "/") and path.endswith("/cancel"):
+            self._cancel(path[len(BATCHES_PATH) + 1 : -len("/cancel")])
+            return
+        if path != BATCHES_PATH:
             super().do_POST()
             return
         stub = self.owner
@@ -258,6 +267,20 @@ class _BatchHandler(_Handler):
             stub.entries.extend(entries)
         if stub.polls_in_progress <= 0:
             batch.ended = True
+        record.status = 200
+        self._json(200, stub._batch_json(batch, stub.url))
+
+    def _cancel(self, batch_id: str) -> None:
+        stub = self.owner
+        length = int(self.headers.get("content-length") or 0)
+        record = self._record(self.rfile.read(length))
+        with stub._batch_lock:
+            batch = stub.batches.get(batch_id)
+            if batch is not None:
+                batch.cancel_requested = True
+        if batch is None:
+            self._error(record, 404, None, f"no batch {batch_id}")
+            return
         record.status = 200
         self._json(200, stub._batch_json(batch, stub.url))
 

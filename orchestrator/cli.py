@@ -45,6 +45,7 @@ from orchestrator.run import RunError, RunOptions, run_review
 from orchestrator.snapshot import SnapshotError
 from synth.outputs import SARIF
 from workers.backends import NoBackendAvailable, resolve_backend
+from workers.batch_backend import batch_price_config
 
 
 def _load(config_file: Path | None) -> ReviewConfig:
@@ -229,7 +230,8 @@ def run(
         if dry_run:
             inputs = prepare_run(repo, config, out_dir)
             counts = count_tokens_sdk(dry_run_prompts(inputs, max_loops), config.model)
-            plan = price_plan(dry_run_plan(inputs, max_loops), config, counts)
+            priced = batch_price_config(config) if config.backend == "anthropic-batch" else config
+            plan = price_plan(dry_run_plan(inputs, max_loops), priced, counts)
             click.echo(json.dumps(plan, indent=1))
             return
         if redis_url and budget_usd is not None:

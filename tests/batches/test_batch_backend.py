@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from orchestrator.checkpoint import load_checkpoint
+from orchestrator.cli import main as cli_main
 from orchestrator.cost import BudgetExceeded, CostMeter, config_price, usage_cost
 from orchestrator.plan import call_settings, prepare_run, role_jobs
 from orchestrator.run import RunOptions, run_review
@@ -333,3 +335,23 @@ async def test_a_batch_that_never_ends_is_cancelled_and_its_calls_fail(
     assert all("did not end within" in error for _, _, error in report.failed_reviewers)
     rows = read_jsonl(tmp_path / "o" / "loops.jsonl")[0]["reviewers"]
     assert [(rv["status"], rv["attempts"]) for rv in rows] == [("failed", 1)] * 8
+
+
+def test_dry_run_prices_a_batch_run_at_half(
+    api_env: pytest.MonkeyPatch, repo: Path, tmp_path: Path
+) -> None:
+    api_env.delenv("ANTHROPIC_API_KEY")  # byte estimates: no token-counting call
+    config = write_config(tmp_path / "fast.toml")
+    runner = CliRunner()
+    plans = {}
+    for backend in ("anthropic", "anthropic-batch"):
+        args = ["run", "--repo", str(repo), "--config", str(config), "--dry-run"]
+        done = runner.invoke(cli_main, [*args, "--backend", backend])
+        assert done.exit_code == 0, done.output
+        plans[backend] = json.loads(done.stdout)
+    full, batch = (plans[b]["cost_estimate"] for b in ("anthropic", "anthropic-batch"))
+    assert full["tokens"] == batch["tokens"] and full["total_usd"] > 0
+    assert batch["total_usd"] == pytest.approx(full["total_usd"] * BATCH_PRICE_FACTOR, abs=1e-5)
+    for kind, rate in full["prices_per_mtok"].items():
+        assert batch["prices_per_mtok"][kind] == pytest.approx(rate * BATCH_PRICE_FACTOR)
+    assert not (repo / "docs/review").exists()

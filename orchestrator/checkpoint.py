@@ -14,18 +14,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synth.outputs import atomic_write_text
+from synth.outputs import (
+    DROPPED,
+    FINDINGS,
+    INVALID,
+    LOOPS,
+    REPORT,
+    SARIF,
+    SYNTHESIS,
+    atomic_write_text,
+)
 
 CHECKPOINT_NAME = "checkpoint.json"
 CHECKPOINT_VERSION = 1
 RUN_FILE_PATTERNS: tuple[str, ...] = (
     CHECKPOINT_NAME,
-    "findings.jsonl",
-    "findings.invalid.jsonl",
-    "findings.dropped.jsonl",
-    "loops.jsonl",
+    FINDINGS,
+    INVALID,
+    DROPPED,
+    LOOPS,
     "loop-*.md",
-    "synthesis.md",
+    SYNTHESIS,
+    SARIF,
+    REPORT,
     "budget-hold.jsonl",
 )
 """Files a run owns in its output directory (removed by --fresh, nothing else)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.checkpoint import load_checkpoint
+from orchestrator.checkpoint import clear_run_files, load_checkpoint
 from orchestrator.plan import DriftError, dry_run_plan, prepare_run
 from orchestrator.run import RunError, RunOptions, run_review
 from synth.outputs import read_jsonl
@@ -257,9 +257,16 @@ async def test_fresh_discards_an_earlier_run(
 ) -> None:
     out = tmp_path / "out"
     await run_review(options(repo, out, max_loops=2))
+    (out / "notes.txt").write_text("mine")  # not a run file: --fresh leaves it
+    removed = clear_run_files(out)
+    assert {p.name for p in removed} >= {"synthesis.md", "synthesis.sarif", "checkpoint.json"}
+    assert sorted(p.name for p in out.iterdir()) == [".run.lock", "notes.txt"]
+    await run_review(options(repo, out, max_loops=2))
     report = await run_review(options(repo, out, fresh=True, max_loops=1))
+    assert (out / "notes.txt").read_text() == "mine"
     assert report.completed_loops == [1]
     assert sorted(p.name for p in out.glob("loop-*.md")) == ["loop-1-spec-conformance.md"]
+    assert "Loops written: 1\n" in (out / "synthesis.md").read_text(encoding="utf-8")
     assert {r["loop"] for r in read_jsonl(out / "findings.jsonl")} == {1}
 
 

@@ -6,6 +6,7 @@ fresh index on the same directory or straight through ``lancedb``.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 
@@ -210,3 +211,35 @@ def test_ann_index_built_past_threshold_and_unindexed_rows_found(tmp_path: Path)
     reopened = LanceVectorIndex(tmp_path, ann_threshold=3000, **QUIET)
     assert reopened.ann_indexed and reopened.count() == 3250
     reopened.close()
+
+
+def test_concurrent_writers_readers_and_maintenance_lose_nothing(tmp_path: Path) -> None:
+    index = LanceVectorIndex(tmp_path, commit_every=50, commit_interval_s=0.05)
+    written: list[list[uuid.UUID]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for i in range(400):
+                rec = record(k * 10_000 + i)
+                index.upsert([rec])
+                written[k].append(rec.entity_id)
+                if i % 100 == 99:
+                    index.search(unit(i), 3)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    index.maintain()  # compaction and version cleanup while writers and readers run
+    for t in threads:
+        t.join()
+    assert errors == []
+    index.maintain()
+    everything = {e for ids in written for e in ids}
+    assert len(everything) == 1600
+    assert committed(tmp_path) == 1600
+    assert index.count() == 1600
+    assert {r.entity_id for r in index.get(everything)} == everything
+    index.close()

@@ -120,6 +120,16 @@ def _compare(a: Path, b: Path) -> None:
     for name in COMPARED:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
+    # Every other output too (e.g. the SARIF and HTML exports), whatever set exists;
+    # hidden files are run bookkeeping (lock, live status), not outputs.
+    def outputs(d: Path) -> set[str]:
+        return {p.name for p in d.iterdir() if not p.name.startswith(".")} - {"checkpoint.json"}
+
+    names_a, names_b = outputs(a), outputs(b)
+    assert names_a == names_b
+    for name in sorted(names_a):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
 
 def test_killed_between_loops_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")

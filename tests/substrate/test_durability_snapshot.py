@@ -1,5 +1,6 @@
-"""Snapshots: column round trip, corruption errors, atomic replace under kill -9, and
-the snapshot-vs-append race (no acknowledged record lost or applied twice)."""
+"""Snapshots: column round trip, corruption errors, atomic replace under kill -9, the
+snapshot-vs-append race (no acknowledged record lost or applied twice), and a hot-tier
+image that stays intact while the table prunes and grows (copy on write)."""
 
 from __future__ import annotations
 
@@ -335,3 +336,49 @@ def test_snapshot_racing_appends_loses_and_duplicates_nothing(tmp_path: Path) ->
     assert len(recovered) == len(acked)
     assert recovered == acked
     assert sum(recovered.values()) == signals_acked >= 4 * 300 * 3
+
+
+def test_a_hot_tier_image_keeps_its_rows_while_the_table_prunes_and_grows(
+    tmp_path: Path,
+) -> None:
+    """The image hands out views of the vector and id columns (no copy under the lock);
+    removing rows while it is alive must not move rows under it (copy on write), and
+    the table itself must stay right."""
+    from moneta.ecs import HotTier
+
+    dim = 8
+    hot = HotTier(dim=dim)
+    ids = [uuid.uuid4() for _ in range(50)]
+
+    def vector(i: int) -> np.ndarray:
+        v = np.arange(dim, dtype=np.float32) + i
+        return v / np.linalg.norm(v)
+
+    for i, entity_id in enumerate(ids):
+        hot.append(entity_id, vector(i), f"p{i}", floor=0.0, utility=1.0, attended=0,
+                   last_evaluated=float(i))  # fmt: skip
+    image = hot.image({"embedding_dim": dim})
+    want_vectors, want_ids = image.vectors.copy(), image.entity_ids.copy()
+
+    hot.remove_rows([0, 7, 31])  # the last rows move into these holes
+    late = uuid.uuid4()
+    hot.append(late, vector(99), "late", floor=0.0, utility=1.0, attended=0,
+               last_evaluated=99.0)  # fmt: skip
+
+    assert np.array_equal(image.vectors, want_vectors)
+    assert np.array_equal(image.entity_ids, want_ids)
+    write_snapshot(tmp_path / SNAPSHOT_FILE_NAME, image, covers_segment=1)
+    got = read_snapshot(tmp_path / SNAPSHOT_FILE_NAME)
+    assert got is not None
+    assert array_to_uuids(got[0].entity_ids) == ids
+    assert np.array_equal(got[0].vectors, want_vectors)
+    assert got[0].payloads == [f"p{i}" for i in range(50)]
+
+    expected = {e: i for i, e in enumerate(ids) if i not in (0, 7, 31)} | {late: 99}
+    assert len(hot) == len(expected) == 48
+    assert set(hot.ids) == set(expected)
+    for row, entity_id in enumerate(hot.ids):
+        assert hot.row_of(entity_id) == row
+        assert np.allclose(hot.vectors[row], vector(expected[entity_id]))
+        assert hot.payloads[row] == ("late" if entity_id == late else f"p{expected[entity_id]}")
+    assert array_to_uuids(hot.image({}).entity_ids) == hot.ids

@@ -35,14 +35,16 @@ from orchestrator.cost import BudgetExceeded, count_tokens_sdk, dry_run_prompts,
 from orchestrator.distributed_cli import (
     default_prefix,
     run_distributed,
-    status_command,
     worker_command,
 )
 from orchestrator.incremental import IncrementalError, incremental_scope
+from orchestrator.logs import LOG_FORMATS, configure_logging
 from orchestrator.metrics import embedded_metrics, metrics_command
 from orchestrator.plan import DriftError, dry_run_plan, prepare_run
 from orchestrator.run import RunError, RunOptions, run_review
 from orchestrator.snapshot import SnapshotError
+from orchestrator.status_view import embedded_observer
+from orchestrator.status_view import status_command as status_view_command
 from synth.outputs import SARIF
 from workers.backends import NoBackendAvailable, resolve_backend
 from workers.batch_backend import batch_price_config
@@ -55,7 +57,8 @@ def _load(config_file: Path | None) -> ReviewConfig:
         raise click.ClickException(f"invalid configuration:\n{exc}") from exc
 
 
-def _echo_event(event: dict[str, Any]) -> None:
+def _describe_event(event: dict[str, Any]) -> str:
+    """One human line for a run's progress event."""
     kind = event["event"]
     if kind == "run_start":
         loops = ", ".join(map(str, event["loops"])) or "none left"
@@ -93,12 +96,26 @@ def _echo_event(event: dict[str, Any]) -> None:
         msg = f"synthesis: {event['synthesis']} ({event['calls']} model call(s) in this run)"
     else:
         msg = json.dumps(event)
-    click.echo(msg, err=True)
+    return msg
+
+
+def _echo_event(event: dict[str, Any]) -> None:
+    click.echo(_describe_event(event), err=True)
 
 
 @click.group()
-def main() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    envvar="MONETA_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    help="json: one JSON object per log line, with run id, loop, role and job id.",
+)
+def main(log_format: str) -> None:
     """Multi-agent code review of a repository under a hashed constitution."""
+    if log_format == "json":
+        configure_logging(log_format)
 
 
 @main.command()
@@ -264,7 +281,8 @@ def run(
             budget_usd=budget_usd,
             recorder=embedded_metrics(metrics_port),
         )
-        report = anyio.run(lambda: run_review(options, on_event=_echo_event))
+        with embedded_observer(repo, out_dir, config, _echo_event, _describe_event) as on_event:
+            report = anyio.run(lambda: run_review(options, on_event=on_event))
     except NoBackendAvailable as exc:
         raise click.ClickException(str(exc)) from exc
     except DriftError as exc:
@@ -285,7 +303,7 @@ def run(
 
 main.add_command(worker_command)
 main.add_command(metrics_command)
-main.add_command(status_command)
+main.add_command(status_view_command)
 
 
 @main.group("config")

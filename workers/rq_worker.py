@@ -28,6 +28,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from orchestrator.logs import job_context, log_context
 from orchestrator.metrics import abandoned_job_handler
 
 QUEUE_NAMES = ("reviewer", "synth")
@@ -48,6 +49,11 @@ class ReviewWorker(Worker):
         if job.timeout and job.timeout > 0:
             interval = min(max(job.timeout - working_time, 0), interval)
         return int(interval) + self.abandon_grace
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Log lines of this process while the job runs carry its run, loop and role.
+        with log_context(**job_context(job.id)):
+            super().execute_job(job, queue)
 
     @property
     def dequeue_timeout(self) -> int:

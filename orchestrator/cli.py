@@ -92,6 +92,8 @@ def _describe_event(event: dict[str, Any]) -> str:
         msg = f"nothing to resume in {event['out_dir']}: starting a new run"
     elif kind == "cleared":
         msg = f"removed {len(event['files'])} file(s) of an earlier run"
+    elif kind == "warning":
+        msg = f"warning: {event['message']}"
     elif kind == "run_done":
         msg = f"synthesis: {event['synthesis']} ({event['calls']} model call(s) in this run)"
     else:

@@ -198,6 +198,30 @@ async def _run_reviewers(
     return [r for r in results if r is not None]
 
 
+def _check_prefix_cached(results: list[dict[str, Any]], emit: OnEvent) -> None:
+    """Warn when the run's first answered call neither wrote nor read the prompt cache.
+
+    The API caches nothing, silently, below the model's minimum cacheable length (or
+    when caching is unavailable): every call then pays the full input price.
+    """
+    answered = [r for r in results if r["status"] == "ok"]
+    if not answered:
+        return
+    usage = answered[0]["usage"]
+    if usage.get("cache_write", 0) == 0 and usage.get("cache_read", 0) == 0:
+        emit(
+            {
+                "event": "warning",
+                "message": (
+                    f"the shared prompt prefix was not cached (the {answered[0]['role']} call "
+                    "reported no cache write or read): it may be below the model's minimum "
+                    "cacheable length, or the endpoint does not cache; every call pays the "
+                    "full input price"
+                ),
+            }
+        )
+
+
 async def run_review(
     options: RunOptions,
     *,
@@ -289,6 +313,8 @@ async def _run_locked(
         results = await _run_reviewers(
             jobs, backend, limiter, emit, warm_first=warm and not batched
         )
+        if warm:
+            _check_prefix_cached(results, emit)
         warm = False
         check_budget(meter, results)
         adversary = adversarial_job(inputs, loop, prior, results, name)

@@ -396,3 +396,23 @@ async def test_constitution_edit_during_a_loop_writes_nothing_of_that_loop(
     assert {r["loop"] for r in read_jsonl(out / "findings.jsonl")} == {1}
     assert not (out / "loop-2-concurrency-atomicity.md").exists()
     assert not (out / "synthesis.md").exists()
+
+
+async def test_an_uncached_prefix_is_reported(
+    stub: MessagesStub, repo: Path, tmp_path: Path
+) -> None:
+    stub.min_cacheable_tokens = 10_000_000  # nothing is long enough to cache
+    events: list[dict[str, Any]] = []
+    await run_review(options(repo, tmp_path / "out", max_loops=1), on_event=events.append)
+    warnings = [e for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1
+    assert "not cached" in warnings[0]["message"]
+    assert all(r.usage and r.usage["cache_read"] == 0 for r in stub.recorded())
+
+
+async def test_a_cached_prefix_raises_no_warning(
+    stub: MessagesStub, repo: Path, tmp_path: Path
+) -> None:
+    events: list[dict[str, Any]] = []
+    await run_review(options(repo, tmp_path / "out", max_loops=1), on_event=events.append)
+    assert [e for e in events if e["event"] == "warning"] == []

@@ -8,15 +8,18 @@ orchestrator can warm the shared prefix with one call before fanning out the res
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import ssl
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import anthropic
 import anyio
+import httpx2
 
 from workers.prompts import ReviewerPrompt
 from workers.retry import ModelCallError
@@ -68,6 +71,17 @@ def zero_usage() -> dict[str, int]:
     return dict.fromkeys(USAGE_KEYS, 0)
 
 
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """The SDK's default verified TLS context, built once per process.
+
+    Loading the CA bundle costs tens of milliseconds per client; a queue worker
+    builds a client per job in a forked work horse, which inherits this context
+    when the worker built it before forking (`workers.rq_worker`).
+    """
+    return httpx2.create_ssl_context()
+
+
 class AnthropicBackend:
     """Streams `messages.create` through `AsyncAnthropic`.
 
@@ -78,7 +92,9 @@ class AnthropicBackend:
     def __init__(self, settings: CallSettings, client: anthropic.AsyncAnthropic | None = None):
         self.settings = settings
         self.client = client or anthropic.AsyncAnthropic(
-            max_retries=0, timeout=settings.request_timeout
+            max_retries=0,
+            timeout=settings.request_timeout,
+            http_client=anthropic.DefaultAsyncHttpxClient(verify=shared_ssl_context()),
         )
 
     async def complete(self, prompt: ReviewerPrompt, on_started: OnStarted | None) -> ModelAnswer:

@@ -122,6 +122,9 @@ def run_worker(
     # work horse, which would otherwise import them again for each job.
     for module in PRELOAD:
         importlib.import_module(module)
+    from workers.backends import shared_ssl_context
+
+    shared_ssl_context()  # the CA bundle is loaded once, not in every work horse
     worker = make_worker(
         conn,
         queues,

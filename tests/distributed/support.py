@@ -1,10 +1,10 @@
 """Real processes for distributed tests: redis-server, RQ workers, the CLI.
 
-`RedisServer` runs its own `redis-server` on a free port with AOF (fsync on every
-write), in a directory the test owns, so a test can SIGKILL and restart it and get
-its data back. `Workers` starts `moneta-review worker` processes in their own
-sessions, so a test can SIGKILL one (and the work horse it forked) like a machine
-that died.
+`RedisServer` runs its own `redis-server` on a free port with AOF configured as in
+docker-compose.yml (fsync once a second), in a directory the test owns, so a test
+can SIGKILL and restart it and get its data back. `Workers` starts `moneta-review
+worker` processes in their own sessions, so a test can SIGKILL one (and the work
+horse it forked) like a machine that died.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class RedisServer:
             "--appendonly",
             "yes",
             "--appendfsync",
-            "always",
+            "everysec",
             "--save",
             "",
         ]

@@ -84,7 +84,7 @@ def test_compose_file_structure(compose: dict[str, Any]) -> None:
     cmd = redis_svc["command"]
     assert cmd[0] == "redis-server"
     assert cmd[cmd.index("--appendonly") + 1] == "yes"
-    assert cmd[cmd.index("--appendfsync") + 1] == "always"
+    assert cmd[cmd.index("--appendfsync") + 1] == "everysec"
     assert "REDIS_PASSWORD" in cmd[cmd.index("--requirepass") + 1]
     assert redis_svc["healthcheck"]["test"][:2] == ["CMD", "redis-cli"]
     assert "ping" in redis_svc["healthcheck"]["test"]

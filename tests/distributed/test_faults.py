@@ -1,8 +1,8 @@
 """Fault tolerance with real processes: redis-server, workers and the orchestrator killed.
 
-Each test starts its own `redis-server` (AOF, fsync always) on a free port, runs a
-clean embedded review first, and requires the distributed run that survived the
-fault to write byte-identical files: nothing lost, nothing duplicated.
+Each test starts its own `redis-server` (AOF as in docker-compose.yml) on a free
+port, runs a clean embedded review first, and requires the distributed run that
+survived the fault to write byte-identical files: nothing lost, nothing duplicated.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def _ground_truth(n: int, stale: np.ndarray, queries: np.ndarray, k: int) -> np.
     return best_rows
 
 
-def run_one(n: int, query_count: int, workdir: Path) -> dict[str, Any]:
+def run_one(n: int, query_count: int, workdir: Path, backend: str, cold: str) -> dict[str, Any]:
     from moneta import Moneta, MonetaConfig  # imported in the child process only
 
     store = workdir / "store"
@@ -137,13 +137,13 @@ def run_one(n: int, query_count: int, workdir: Path) -> dict[str, Any]:
         clock=clock,
         auto_sleep=False,
         half_life_seconds=HALF_LIFE,
-        vector_backend="memory",
-        cold_tier="jsonl",
+        vector_backend=backend,
+        cold_tier=cold,
     )
     rng = np.random.default_rng(SEED + 2)
     stale = np.zeros(n, dtype=bool)
     stale[rng.choice(n, size=max(1, int(n * STALE_FRACTION)), replace=False)] = True
-    result: dict[str, Any] = {"n": n}
+    result: dict[str, Any] = {"n": n, "vector_backend": backend, "cold_tier": cold}
 
     # 1. deposits -----------------------------------------------------------------
     t = time.perf_counter()
@@ -330,6 +330,8 @@ def main() -> None:
         help="niceness increment for the measured process (negative needs root): on a "
         "machine shared with other work, a fairer share of the CPU for the timed loop",
     )
+    parser.add_argument("--vector-backend", default="memory", choices=("memory", "lancedb"))
+    parser.add_argument("--cold-tier", default="jsonl", choices=("jsonl", "usd"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--queries", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -337,7 +339,8 @@ def main() -> None:
         if args.nice is not None:
             os.nice(args.nice)
         with tempfile.TemporaryDirectory(prefix="moneta-bench-") as tmp:
-            print(json.dumps(run_one(args.one, args.queries, Path(tmp))))
+            result = run_one(args.one, args.queries, Path(tmp), args.vector_backend, args.cold_tier)
+            print(json.dumps(result))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     results = {}
@@ -355,6 +358,7 @@ def main() -> None:
                 "--queries",
                 str(query_count),
                 *([] if args.nice is None else ["--nice", str(args.nice)]),
+                *["--vector-backend", args.vector_backend, "--cold-tier", args.cold_tier],
             ],
             check=True,
             capture_output=True,
@@ -369,7 +373,9 @@ def main() -> None:
                 "command": "python3 bench/substrate.py --sizes "
                 + args.sizes
                 + ("" if args.blas_threads is None else f" --blas-threads {args.blas_threads}")
-                + ("" if args.nice is None else f" --nice {args.nice}"),
+                + ("" if args.nice is None else f" --nice {args.nice}")
+                + ("" if args.vector_backend == "memory" else " --vector-backend lancedb")
+                + ("" if args.cold_tier == "jsonl" else " --cold-tier usd"),
                 "machine": {
                     "cpus": os.cpu_count(),
                     "load_avg_1m_at_end": round(os.getloadavg()[0], 2),

@@ -35,14 +35,16 @@ from moneta.protocols import VectorRecord
 from moneta.types import EntityState, Memory
 
 MIN_CAPACITY = 1024
-# Address space reserved up front for the widest column (the vectors). Untouched
-# pages cost nothing, so this only moves the first copying growth far out.
+# Address space reserved up front for the widest column (the vectors), and at most
+# this many rows (tiny dimensions must not reserve gigabytes of scalar columns).
+# Untouched pages cost nothing, so this only moves the first copying growth far out.
 RESERVE_BYTES = 1 << 30
+RESERVE_ROWS = 1 << 20
 
 
 def reserve(rows: int, row_bytes: int) -> int:
     """Rows to allocate for a column group that needs ``rows`` now."""
-    return max(MIN_CAPACITY, rows, RESERVE_BYTES // max(1, row_bytes))
+    return max(MIN_CAPACITY, rows, min(RESERVE_ROWS, RESERVE_BYTES // max(1, row_bytes)))
 
 
 def allocate(capacity: int, tail: tuple[int, ...], dtype: type, minimum: int) -> np.ndarray:

@@ -34,7 +34,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from numbers import Integral, Real
 from pathlib import Path
@@ -133,6 +133,7 @@ class _Stack:
     home: dict[UUID, DailyLayer]
     protected_ids: set[UUID]
     stage: Usd.Stage | None = None
+    gists: dict[UUID, DailyLayer] = field(default_factory=dict)  # gist overs (moneta.gist)
 
     def in_save_order(self) -> list[Sdf.Layer]:
         """Content layers first and the root last, so the root never lists a missing file."""
@@ -353,7 +354,8 @@ class UsdTarget:
             edit = self._writer.call(action, args)
             missing = edit.days() - set(stack.daily)
             new_layers = {day: _open_layer(self._dir / day.filename) for day in missing}
-            self._edit(lambda s: _apply(s, edit, new_layers), action, edit.layer_names())
+            fresh = _fresh_prims(stack, edit, new_layers)
+            self._edit(lambda s: _apply(s, edit, new_layers, fresh), action, edit.layer_names())
             return edit
 
     def _perform(self, action: str, args: tuple) -> _Edit:
@@ -375,7 +377,8 @@ class UsdTarget:
             raise ValueError(f"unknown cold-tier write {action!r}")
         missing = edit.days() - set(stack.daily)
         new_layers = {day: _new_layer(self._dir / day.filename) for day in missing}
-        self._edit(lambda s: _apply(s, edit, new_layers), action, edit.layer_names())
+        fresh = _fresh_prims(stack, edit, new_layers)
+        self._edit(lambda s: _apply(s, edit, new_layers, fresh), action, edit.layer_names())
         self._save_dirty(self._open_stack(), action)
         return edit
 
@@ -501,6 +504,7 @@ def _load(directory: Path) -> _Stack:
             log.warning("cold tier: %s lists missing layer %s", root.identifier, listed)
     daily = {day: _open_layer(directory / day.filename) for day in days}
     home: dict[UUID, DailyLayer] = {}
+    gists: dict[UUID, DailyLayer] = {}
     for day in sorted(daily, reverse=True):
         names = daily[day].rootPrims.keys()  # iterating the proxy yields specs
         for name in names:
@@ -508,6 +512,11 @@ def _load(directory: Path) -> _Stack:
             if entity_id is None:
                 continue
             if entity_id in home:
+                newer = daily[home[entity_id]].GetPrimAtPath(Sdf.Path(prim_link(entity_id)))
+                if newer is not None and newer.specifier == Sdf.SpecifierOver:
+                    gists[entity_id] = home[entity_id]  # a gist over; the def lives here
+                    home[entity_id] = day
+                    continue
                 log.warning(
                     "cold tier: %s also in %s; the stronger %s is used",
                     name,
@@ -521,11 +530,45 @@ def _load(directory: Path) -> _Stack:
     desired = stack_order(set(daily))
     if list(root.subLayerPaths) != desired:
         root.subLayerPaths = desired
-    return _Stack(root, protected, daily, home, protected_ids)
+    return _Stack(root, protected, daily, home, protected_ids, gists=gists)
 
 
-def _apply(stack: _Stack, edit: _Edit, new_layers: dict[DailyLayer, Sdf.Layer]) -> None:
-    """Apply `edit` to the open layers and the index (inside the ChangeBlock)."""
+def _fresh_prims(
+    stack: _Stack, edit: _Edit, new_layers: dict[DailyLayer, Sdf.Layer]
+) -> Sdf.Layer | None:
+    """The edit's prims that do not exist yet, authored into an anonymous layer.
+
+    Runs before the reader lock is taken (only the writer changes the layers it
+    reads), so under the lock each new prim is one ``Sdf.CopySpec`` instead of a
+    dozen attribute calls.
+    """
+    scratch: Sdf.Layer | None = None
+    for name, record in edit.writes:
+        path = Sdf.Path(prim_link(record.entity_id))
+        if name == PROTECTED_LAYER:
+            layer = stack.protected
+        else:
+            day = DailyLayer.parse(name)
+            layer = stack.daily.get(day) or new_layers.get(day)  # type: ignore[arg-type]
+        if layer is not None and layer.GetPrimAtPath(path) is not None:
+            continue
+        if scratch is None:
+            scratch = Sdf.Layer.CreateAnonymous("moneta_batch")
+        _write_prim(scratch, record)
+    return scratch
+
+
+def _apply(
+    stack: _Stack,
+    edit: _Edit,
+    new_layers: dict[DailyLayer, Sdf.Layer],
+    fresh: Sdf.Layer | None = None,
+) -> None:
+    """Apply `edit` to the open layers and the index (inside the ChangeBlock).
+
+    Prims found in `fresh` (see ``_fresh_prims``) and still absent from their layer
+    are copied from it whole; every other write sets the prim's attributes.
+    """
     if new_layers:
         stack.daily.update(new_layers)
         stack.root.subLayerPaths = stack_order(set(stack.daily))
@@ -540,7 +583,16 @@ def _apply(stack: _Stack, edit: _Edit, new_layers: dict[DailyLayer, Sdf.Layer]) 
 
     for name, record in edit.writes:
         layer, day = layer_named(name)
-        _write_prim(layer, record)
+        path = Sdf.Path(prim_link(record.entity_id))
+        if (
+            fresh is not None
+            and layer.GetPrimAtPath(path) is None
+            and fresh.GetPrimAtPath(path) is not None
+        ):
+            if not Sdf.CopySpec(fresh, path, layer, path):
+                raise ColdLayerError(f"copying {path} into {name} failed")
+        else:
+            _write_prim(layer, record)
         if day is None:
             stack.protected_ids.add(record.entity_id)
         else:
@@ -584,16 +636,30 @@ def _compose(stack: _Stack, entity_id: UUID) -> ColdRecord | None:
         spec = stack.daily[home].GetPrimAtPath(path)
         if spec is not None:
             specs.append((home.filename, spec))
+    gist_day = stack.gists.get(entity_id)
+    if gist_day is not None and gist_day != home and gist_day in stack.daily:
+        spec = stack.daily[gist_day].GetPrimAtPath(path)
+        if spec is not None:  # a gist over (moneta.gist): newer, so stronger than home
+            first = 1 if specs and specs[0][0] == PROTECTED_LAYER else 0
+            specs.insert(first, (gist_day.filename, spec))
     if not specs:
         return None
     values: dict[str, object] = {}
+    direct: set[str] = set()
     for attr in MEMORY_ATTRIBUTES:
         values[attr] = MEMORY_FALLBACKS[attr]
         for _, spec in specs:
             attr_spec = spec.attributes.get(attr)
             if attr_spec is not None and attr_spec.HasDefaultValue():
                 values[attr] = attr_spec.default
+                direct.add(attr)
                 break
+    if "payload" not in direct:  # gisted: the selected `fidelity` variant holds it
+        from moneta.gist import selected_payload
+
+        chosen = selected_payload([spec for _, spec in specs])
+        if chosen is not None:
+            values["payload"] = chosen
     return ColdRecord(
         entity_id=entity_id,
         payload=str(values["payload"]),

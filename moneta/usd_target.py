@@ -14,7 +14,10 @@ the lock for disk I/O. A reader holding the lock never sees a half-written prim:
 block's edits are composed when it closes, still under the lock. usd-core's
 ``Sdf.Layer.Save()`` holds the GIL while it serialises, so threads of this process
 still pause for a Save, for a time that grows with the current daily layer
-(docs/benchmarks.md); readers in other processes do not.
+(docs/benchmarks.md). With ``writer_process=True`` a child process holding its own
+copy of the layers plans, applies and saves each write, and this process applies
+the same edit (``_Edit``) only after the child saved it; its readers then wait only
+for that in-memory edit.
 
 Durability: a write succeeds only when every dirty layer's ``Save()`` returned
 True. ``False`` and an exception both become ``AuthoringError`` naming the saved,

@@ -164,3 +164,16 @@ def test_parse_diff_reads_quoted_paths_and_default_counts() -> None:
     assert f.changed_ranges() == [[4, 4], [10, 11]]
     assert f.remap([9, 9]) == (9, 9)
     assert f.remap([10, 12]) == (12, 14)
+
+
+def test_special_file_names_from_real_git_output(repo: Path) -> None:
+    names = ["src/sp ace.py", "src/été.py", 'src/quo"te.py', 'src/é"q.py', "src/back\\slash.py"]
+    for name in names:
+        write_lines(repo / name, ["one", "two", "three"])
+    commit_all(repo, "odd names", tag="odd")
+    for name in names:
+        write_lines(repo / name, ["one", "TWO", "three"])
+    changes = changes_since(repo, "odd")
+    assert sorted(changes.files) == sorted(names)
+    for name in names:
+        assert changes.files[name].changed_ranges() == [[2, 2]], name

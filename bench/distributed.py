@@ -51,7 +51,7 @@ from orchestrator.distributed import connect, start_run, wait_for_run  # noqa: E
 from orchestrator.runstate import rq_job_id  # noqa: E402
 from tests.distributed.support import RedisServer, wait_until  # noqa: E402
 
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+CLI = [sys.executable, "-m", "orchestrator.distributed_cli"]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -29,12 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.retry import Retry as RedisRetry
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus, Retry, get_current_job
@@ -58,6 +55,7 @@ from orchestrator.plan import (
     role_jobs,
 )
 from orchestrator.plan import synth_job as synth_job_payload
+from orchestrator.redis_conn import RedisUnavailable, connect, redact_url
 from orchestrator.runstate import (
     DEFAULT_PREFIX,
     RunMeta,
@@ -79,17 +77,13 @@ REVIEWER_QUEUE = "reviewer"
 SYNTH_QUEUE = "synth"
 REVIEW_JOB = "orchestrator.distributed.review_job"
 SYNTH_JOB = "orchestrator.distributed.synth_job"
-CONNECT_TIMEOUT = 2.0
 JOB_RETRIES = 2  # re-runs after a crash or an abandoned (SIGKILLed) worker
 RESULT_TTL = 7 * 24 * 3600
 WARM_WAIT = 15.0  # longest a reviewer waits for its loop's first call to start
 SYNTH_TIMEOUT = 600
 
 Emit = Callable[[dict[str, Any]], None]
-
-
-class RedisUnavailable(RuntimeError):
-    """Redis cannot be reached (or refused us): the message says where and what to do."""
+__all__ = ["RedisUnavailable", "connect", "redact_url"]  # re-exported for callers
 
 
 class DistributedError(RuntimeError):
@@ -97,61 +91,6 @@ class DistributedError(RuntimeError):
 
 
 # --- connections ------------------------------------------------------------------------
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-
-
-def connect(url: str, *, timeout: float = CONNECT_TIMEOUT) -> redis.Redis:
-    """A client for `url`, after one PING that must answer within about `timeout` s.
-
-    The PING goes through a client without retries, so an unreachable server is a
-    clear RedisUnavailable within seconds, not a hang. The returned client retries
-    briefly on connection errors, so a Redis restart mid-run is ridden out.
-    """
-    if not isinstance(url, str) or not url:
-        raise ValueError("redis_url: must be a non-empty redis:// or rediss:// URL")
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"redis_url: scheme must be redis, rediss or unix, got {url!r}")
-    probe = redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=RedisRetry(NoBackoff(), 0),
-    )
-    try:
-        probe.ping()
-    except redis.AuthenticationError as exc:
-        raise RedisUnavailable(
-            f"Redis at {redact_url(url)} refused the credentials ({exc}); put the password "
-            "in the URL (redis://:PASSWORD@host:6379/0)"
-        ) from exc
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnavailable(
-            f"cannot reach Redis at {redact_url(url)}: {exc}. Start redis-server (or "
-            "`docker compose up redis`), or pass --redis-url / set REDIS_URL to a reachable "
-            "server; without a Redis URL the review runs embedded, in one process."
-        ) from exc
-    except redis.ResponseError as exc:
-        raise RedisUnavailable(f"Redis at {redact_url(url)} answered an error: {exc}") from exc
-    finally:
-        probe.close()
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_keepalive=True,
-        health_check_interval=15,
-        retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), 30),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
 
 
 def reviewer_queue(conn: redis.Redis) -> Queue:
@@ -255,6 +194,10 @@ def _enqueue_jobs(
     def missing(job_id: str) -> bool:
         return not only_missing or not Job.exists(job_id, connection=conn)
 
+    def unfinished(job_id: str) -> bool:
+        job = Job.fetch_many([job_id], connection=conn, serializer=JSONSerializer)[0]
+        return job is None or job.get_status(refresh=False) != JobStatus.FINISHED
+
     common = {"result_ttl": policy.result_ttl, "failure_ttl": policy.result_ttl}
     created: list[str] = []
     rq = reviewer_queue(conn)
@@ -271,7 +214,10 @@ def _enqueue_jobs(
         for role, job_id in zip(config.role_reviewers, role_ids, strict=True)
         if missing(job_id)
     ]
-    if missing(adv_id):
+    # A recreated job's dependents must be registered again: a job waiting on one
+    # that was lost would wait forever.
+    adv_again = bool(datas) and unfinished(adv_id)
+    if missing(adv_id) or adv_again:
         datas.append(
             Queue.prepare_data(
                 REVIEW_JOB,
@@ -287,7 +233,7 @@ def _enqueue_jobs(
     if datas:
         rq.enqueue_many(datas)
         created += [d.job_id for d in datas]
-    if missing(synth_id):
+    if missing(synth_id) or (adv_id in created and unfinished(synth_id)):
         synth_queue(conn).enqueue_call(
             SYNTH_JOB,
             args=[run_id, loop, prefix],
@@ -416,7 +362,7 @@ def resume_run(
     else:
         created = _enqueue_jobs(conn, meta, loop, prefix, policy, only_missing=True)
     msg = f"loop {loop}: " + (
-        f"recreated {len(created)} missing job(s)" if created else "all jobs present"
+        f"recreated {len(created)} job(s): {', '.join(created)}" if created else "all jobs present"
     )
     return ResumeReport(run_id, "running", created, msg)
 
@@ -580,12 +526,6 @@ def _check_job_args(run_id: object, loop: object, role: object, prefix: object) 
         raise TypeError(f"prefix: must be a non-empty str, got {prefix!r}")
 
 
-def _wait_warm(state: RunState, loop: int, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while not state.is_warm(loop) and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
 def review_job(run_id: str, loop: int, role: str, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
     """One reviewer call of a distributed run; its result replaces (loop, role)'s slot.
 
@@ -619,10 +559,10 @@ def review_job(run_id: str, loop: int, role: str, prefix: str = DEFAULT_PREFIX) 
         if role == leader:
 
             def on_started() -> None:
-                state.mark_warm(loop)
+                state.mark_warm(loop, len(config.role_reviewers))
 
         else:
-            _wait_warm(state, loop, WARM_WAIT)
+            state.wait_warm(loop, WARM_WAIT)
             on_started = None
     try:
         result = anyio.run(
@@ -632,7 +572,8 @@ def review_job(run_id: str, loop: int, role: str, prefix: str = DEFAULT_PREFIX) 
         )
     finally:
         if role == leader:
-            state.mark_warm(loop)  # also after a failed call: never hold the others back
+            # Also after a failed call: never hold the others back.
+            state.mark_warm(loop, len(config.role_reviewers))
     state.store_result(loop, role, result)
     findings = result["findings_raw"]
     return {

@@ -21,7 +21,7 @@ PREFIX_ENV = "MONETA_REDIS_PREFIX"
 
 
 def _connect(redis_url: str) -> Any:
-    from orchestrator.distributed import RedisUnavailable, connect
+    from orchestrator.redis_conn import RedisUnavailable, connect
 
     try:
         return connect(redis_url)
@@ -212,3 +212,44 @@ def status_command(run_id: str, redis_url: str, prefix: str, as_json: bool) -> N
 
 def default_prefix() -> str:
     return os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX
+
+
+DISTRIBUTED_COMMANDS = ("run", "worker", "status")
+
+
+def redis_url_in(argv: list[str]) -> str | None:
+    """The Redis URL a `moneta-review` command line will use, if any (None for help)."""
+    if not argv or argv[0] not in DISTRIBUTED_COMMANDS or "--help" in argv:
+        return None
+    if argv[0] == "run" and "--dry-run" in argv:
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--redis-url" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--redis-url="):
+            return arg.split("=", 1)[1]
+    return os.environ.get("REDIS_URL") or None
+
+
+def main() -> None:
+    """`moneta-review`: check Redis first when a command will use it, then the full CLI.
+
+    The full CLI imports the model SDK, which alone can take seconds on a busy
+    machine; an unreachable Redis is reported before that, within seconds.
+    """
+    url = redis_url_in(sys.argv[1:])
+    if url:
+        from orchestrator.redis_conn import RedisUnavailable, check_reachable
+
+        try:
+            check_reachable(url)
+        except (RedisUnavailable, ValueError) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+    from orchestrator.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

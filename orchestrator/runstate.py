@@ -248,11 +248,33 @@ class RunState:
         raw = self.conn.hget(self.ledger_key, f"L{loop}")
         return None if raw is None else json.loads(raw)
 
-    def mark_warm(self, loop: int) -> None:
-        self.conn.hset(self.warm_key, f"L{loop}", "1")
+    def mark_warm(self, loop: int, waiters: int) -> None:
+        """Mark loop `loop` warm and wake up to `waiters` reviewers blocked on it."""
+        wake = f"{self.warm_key}:L{loop}"
+        with self.conn.pipeline() as pipe:
+            pipe.hset(self.warm_key, f"L{loop}", "1")
+            pipe.delete(wake)
+            pipe.rpush(wake, *(["1"] * max(1, waiters)))
+            pipe.expire(wake, 3600)
+            pipe.execute()
 
     def is_warm(self, loop: int) -> bool:
         return bool(self.conn.hexists(self.warm_key, f"L{loop}"))
+
+    def wait_warm(self, loop: int, limit: float) -> bool:
+        """Block until loop `loop` is warm (True) or `limit` seconds passed (False).
+
+        Blocks on a list the marker pushes to, so a waiter wakes at once without
+        polling; the hash is checked between short blocks in case tokens ran out.
+        """
+        deadline = time.monotonic() + limit
+        wake = f"{self.warm_key}:L{loop}"
+        while not self.is_warm(loop):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.conn.blpop([wake], timeout=min(left, 0.25))
+        return True
 
     def synthesis(self, loop: int) -> str | None:
         raw = self.conn.hget(self.synthesis_key, f"L{loop}")

@@ -23,7 +23,8 @@ from typing import Any
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "orchestrator.cli"]
+# The `moneta-review` entry point (it checks Redis before loading the full CLI).
+CLI = [sys.executable, "-m", "orchestrator.distributed_cli"]
 
 # Fast abandoned-job detection for tests: heartbeat every second, abandoned 2 s after
 # the last one, a maintenance sweep every second.

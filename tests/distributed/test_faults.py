@@ -234,19 +234,21 @@ def test_resume_recreates_jobs_lost_with_redis_state(
     workers: Workers,
     tmp_path: Path,
 ) -> None:
-    """Jobs deleted from Redis (e.g. an orchestrator killed mid-enqueue) are recreated."""
+    """A job lost from Redis is recreated, and the jobs waiting on it re-registered."""
     expected = clean_run(stub, repo, config_file, tmp_path / "clean", env)
     out = tmp_path / "out"
     enqueue(own_redis.url, repo, config_file, out, "lost-1")
     conn = own_redis.client()
-    for role in ("usd", "adversarial", "synth"):
-        Job.fetch(f"lost-1_L1_{role}", connection=conn, serializer=JSONSerializer).delete()
+    # The usd job is lost; the adversarial and synth jobs waiting on it are still there.
+    Job.fetch("lost-1_L1_usd", connection=conn, serializer=JSONSerializer).delete()
     done = run_cli(
         ["run", "--resume", "--run-id", "lost-1", "--redis-url", own_redis.url, "--no-wait"],
         env,
     )
     assert done.returncode == 0, done.stderr
-    assert "recreated 3 missing job(s)" in done.stderr
+    assert "recreated 3 job(s): lost-1_L1_usd, lost-1_L1_adversarial, lost-1_L1_synth" in (
+        done.stderr
+    )
     workers.start_many(own_redis.url, reviewers=2, synth=1)
     meta = wait_for_run(connect(own_redis.url), "lost-1", timeout=180)
     assert meta.status == "completed", meta.error + workers.logs()

@@ -99,6 +99,7 @@ class Moneta:
         self._pressure_threshold = config.max_entities
         self._pressure_check_at = config.max_entities
         self._key = config.storage_key
+        self._gist = None  # moneta.gist.GistCoordinator when config.gist_sink is set
         store.claim(self._key)
         try:
             self._open()
@@ -120,6 +121,10 @@ class Moneta:
         self._parts = store.open_parts(config)
         self._index = self._parts.index
         self._writer = SequentialWriter(self._parts.target, self._index)
+        if config.gist_sink is not None:
+            from moneta.gist import open_coordinator  # USD-only, imported on use
+
+            self._gist = open_coordinator(config, directory, self._parts.target)
         capacity = max(config.max_entities, 1024)
         if config.durable:
             assert directory is not None
@@ -231,6 +236,8 @@ class Moneta:
     def _release_resources(self) -> None:
         parts = getattr(self, "_parts", None)
         steps = []
+        if self._gist is not None:
+            steps.append(self._gist.close)
         if parts is not None:
             steps += [parts.index.close, parts.target.close]
         if self._journal is not None:
@@ -445,6 +452,8 @@ class Moneta:
             trigger=trigger, at=now,
         )  # fmt: skip
         report = self._consolidate(to_write, now, report, audit)
+        if self._gist is not None:
+            report = self._hand_off_gists(report, audit, now)
         self._parts.audit.record(audit)
         self._index.commit()
         self._index.maintain()
@@ -458,6 +467,23 @@ class Moneta:
             self._last_report = report
         logger.info("sleep pass (%s): %s", trigger, report)
         return report
+
+    def _hand_off_gists(
+        self, report: SleepPassReport, audit: list[AuditEntry], now: float
+    ) -> SleepPassReport:
+        """Queue gists of what this pass consolidated (moneta.gist); never blocks on a model.
+
+        A failure here is logged and leaves the pass's own result intact; the ids are
+        in the gist ledger or are re-queued by the next pass.
+        """
+        assert self._gist is not None
+        consolidated = [UUID(e.entity_id) for e in audit if e.action == "consolidate"]
+        try:
+            handoff = self._gist.after_pass(consolidated, now)
+        except Exception:
+            logger.exception("gist hand-off on %s failed", self._key)
+            return report
+        return replace(report, gists_enqueued=handoff.enqueued, gists_deferred=handoff.deferred)
 
     def _apply_attention(self, now: float) -> tuple[int, int]:
         """Drain and reduce the attention log (under the hot-tier lock)."""

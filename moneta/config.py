@@ -71,6 +71,11 @@ class MonetaConfig:
     checkpoint_every_records: int = 50_000
     checkpoint_interval_seconds: float = 300.0
     wal_fsync_interval_seconds: float = 1.0
+    # Gists (moneta.gist): a GistSink receives consolidated memories to summarise.
+    gist_sink: Any = field(default=None, repr=False, compare=False)
+    gist_max_pending: int = 64  # jobs handed out and not yet answered, per store
+    gist_protected: bool = False  # operator requests gist protected memories by default
+    gist_pending_timeout_seconds: float = 3600.0  # a job unanswered this long is re-queued
 
     def __post_init__(self) -> None:
         uri = self.storage_uri
@@ -105,7 +110,11 @@ class MonetaConfig:
         _require_int("checkpoint_every_records", self.checkpoint_every_records, 1)
         if _require_number("wal_fsync_interval_seconds", self.wal_fsync_interval_seconds) < 0:
             raise ValueError("wal_fsync_interval_seconds must be >= 0 (0 fsyncs every append)")
-        for name in ("auto_sleep", "durability", "cold_writer_process"):
+        if self.gist_sink is not None and not callable(getattr(self.gist_sink, "submit", None)):
+            raise TypeError("gist_sink must be a moneta.protocols.GistSink (a submit method)")
+        _require_int("gist_max_pending", self.gist_max_pending, 1)
+        _require_positive("gist_pending_timeout_seconds", self.gist_pending_timeout_seconds)
+        for name in ("auto_sleep", "durability", "cold_writer_process", "gist_protected"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool")
         if self.vector_backend is not None and self.vector_backend not in VECTOR_BACKENDS:

@@ -80,6 +80,8 @@ class SleepPassReport:
     error: str | None = None
     trigger: str = "operator"
     at: float = 0.0
+    gists_enqueued: int = 0  # handed to the gist sink by this pass (moneta.gist)
+    gists_deferred: int = 0  # waiting in the gist ledger for room under the bound
 
 
 @dataclass(frozen=True, slots=True)

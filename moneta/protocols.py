@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from uuid import UUID
 
 import numpy as np
 
 from moneta.types import EntityState, Memory
+
+if TYPE_CHECKING:
+    from moneta.gist import GistRequest
 
 
 @runtime_checkable
@@ -131,4 +134,19 @@ class VectorIndex(Protocol):
 
     def close(self) -> None:
         """Commit and release resources. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class GistSink(Protocol):
+    """Where the sleep pass hands consolidated memories to be summarised (``moneta.gist``).
+
+    ``submit`` must return at once (queue the work, never call a model inline): it runs
+    inside the sleep pass. The handle bounds how many requests are outstanding
+    (``MonetaConfig.gist_max_pending``); each outcome comes back through
+    ``moneta.gist.deliver(store_path, ...)``.
+    """
+
+    def submit(self, store_path: str, requests: Sequence[GistRequest]) -> None:
+        """Start one job per request (entity id and detail text) without waiting."""
         ...

@@ -31,7 +31,7 @@ from rq.serializers import JSONSerializer
 from orchestrator.logs import job_context, log_context
 from orchestrator.metrics import abandoned_job_handler
 
-QUEUE_NAMES = ("reviewer", "synth")
+QUEUE_NAMES = ("reviewer", "synth", "gist")  # gist: workers.gist (moneta gists)
 DEFAULT_MAINTENANCE_INTERVAL = 15
 DEFAULT_MONITORING_INTERVAL = 5
 DEFAULT_ABANDON_GRACE = 30

@@ -37,7 +37,7 @@ from orchestrator.distributed_cli import (
     run_distributed,
     worker_command,
 )
-from orchestrator.incremental import IncrementalError, incremental_scope
+from orchestrator.incremental import IncrementalError, incremental_scope, with_scope
 from orchestrator.logs import LOG_FORMATS, configure_logging
 from orchestrator.metrics import embedded_metrics, metrics_command
 from orchestrator.plan import DriftError, dry_run_plan, prepare_run
@@ -234,7 +234,7 @@ def run(
     config = _load(config_file)
     if since is not None:
         try:
-            config = replace(config, incremental=incremental_scope(repo, since, previous_run))
+            config = with_scope(config, incremental_scope(repo, since, previous_run))
         except (IncrementalError, ValueError) as exc:
             raise click.ClickException(f"--since {since}: {exc}") from exc
     overrides: dict[str, Any] = {}

@@ -13,7 +13,8 @@ previous run's findings into today's line numbers. The result is a JSON-ready di
 carried by the run's config (`ReviewConfig.incremental`), so a queued synthesis job
 judges exactly like the embedded one and a `--resume` with another REV or previous
 run is refused as config drift. `apply_incremental` is the pure part the synthesis
-calls.
+calls. `with_scope` also tells the reviewers which lines changed, as `[noise]` path
+instructions, so each role hears about the changed files its scope covers.
 
 Line conventions: ranges are inclusive 1-based `[start, end]`; a range ending at 0
 means the whole file (as in the SARIF export). A pure deletion leaves a gap between
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import PathInstruction, ReviewConfig
 from synth.loop import DUPLICATE_PREFIX, normalise_claim
 from synth.outputs import FINDINGS, read_jsonl
 from synth.schema import Finding
@@ -395,3 +397,60 @@ def apply_incremental(
             )
     remaining = [(d, r) for d, r in duplicates if r.removeprefix(DUPLICATE_PREFIX) not in gone]
     return kept, dropped, remaining
+
+
+# --- what reviewers are told ---------------------------------------------------------------------
+
+MAX_INSTRUCTED_FILES = 200
+"""Changed files named in reviewer instructions; a larger change names none (the
+prompt would grow with the diff while the filter still applies)."""
+
+
+def _spans(ranges: Sequence[Sequence[int]]) -> str:
+    return ", ".join(str(s) if s == e else f"{s}-{e}" for s, e in ranges)
+
+
+def scope_instructions(scope: Mapping[str, Any]) -> tuple[PathInstruction, ...]:
+    """One path instruction per changed file, naming the lines findings must touch.
+
+    They join the config's `[noise]` path instructions, so each reaches exactly the
+    reviewers whose scope covers the file (`synth.noise.role_instructions`). Paths
+    holding glob characters are skipped: as a glob they would not name the file.
+    """
+    files: Mapping[str, Mapping[str, Any]] = scope.get("files", {})
+    if len(files) > MAX_INSTRUCTED_FILES:
+        return ()
+    since = scope.get("since", "the base revision")
+    out: list[PathInstruction] = []
+    for path, change in sorted(files.items()):
+        if any(c in path for c in "*?{}"):
+            continue
+        if change.get("whole"):
+            where = "the whole file is new"
+        else:
+            parts = []
+            if change.get("lines"):
+                parts.append("lines " + _spans(change["lines"]))
+            if change.get("gaps"):
+                parts.append("deletions after line " + ", ".join(str(g) for g in change["gaps"]))
+            where = "; ".join(parts)
+        out.append(
+            PathInstruction(
+                paths=(path,),
+                instruction=(
+                    f"incremental review: changed since {since}: {where}. Only findings "
+                    "whose line_range touches a changed line are kept; the rest of the "
+                    "file is context."
+                ),
+            )
+        )
+    return tuple(out)
+
+
+def with_scope(config: ReviewConfig, scope: dict[str, Any]) -> ReviewConfig:
+    """`config` judging by `scope`, its reviewers told which lines changed."""
+    noise = replace(
+        config.noise,
+        path_instructions=config.noise.path_instructions + scope_instructions(scope),
+    )
+    return replace(config, incremental=scope, noise=noise)

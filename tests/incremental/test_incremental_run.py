@@ -16,7 +16,12 @@ from typing import Any
 import pytest
 
 from orchestrator.checkpoint import load_checkpoint
-from orchestrator.incremental import NOT_CHANGED, incremental_scope, touches_changes
+from orchestrator.incremental import (
+    NOT_CHANGED,
+    incremental_scope,
+    touches_changes,
+    with_scope,
+)
 from orchestrator.plan import DriftError
 from orchestrator.run import RunOptions, run_review
 from synth.outputs import read_jsonl
@@ -128,13 +133,23 @@ async def test_since_keeps_changed_line_findings_and_marks_seen(
     assert previous["substrate-L1-a"]["line_range"] == [1, 3]  # its file did not change
     assert len(previous) == len(run1)
 
-    config = replace(fast_config(), incremental=scope)
+    config = with_scope(fast_config(), scope)
+    assert config.incremental == scope
     with MessagesStub(answer=answer_v2) as stub:
         stub_env.setenv("ANTHROPIC_BASE_URL", stub.url)
         report = await run_review(RunOptions(repo=repo, config=config, out_dir=second, max_loops=1))
         assert report.calls == 8
-        # Reviewers saw the whole snapshot, not just the diff.
+        # Reviewers saw the whole snapshot, not just the diff; those whose scope holds
+        # moneta/api.py were told which of its lines changed, the others were not.
+        told = "changed since v1: lines 1-2, 12. Only findings"
+        by_role = {r.role: r.payload["messages"][0]["content"][-1]["text"] for r in stub.recorded()}
         assert all("moneta/ecs.py" in r.body.decode() for r in stub.recorded())
+        assert sorted(role for role, task in by_role.items() if told in task) == [
+            "adversarial",
+            "architect",
+            "documentarian",
+            "substrate",
+        ]
 
     kept = {r["id"]: r for r in read_jsonl(second / "findings.jsonl")}
     assert sorted(kept) == [

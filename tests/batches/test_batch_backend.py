@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from orchestrator.checkpoint import load_checkpoint
 from orchestrator.cli import main as cli_main
+from orchestrator.config import parse_config
 from orchestrator.cost import BudgetExceeded, CostMeter, config_price, usage_cost
 from orchestrator.plan import call_settings, prepare_run, role_jobs
 from orchestrator.run import RunOptions, run_review
@@ -22,6 +23,7 @@ from tests.review.engine_support import (
     ROLE_ORDER,
     ROOT,
     fast_config,
+    fast_config_text,
     make_repo,
     scripted_answer,
     write_config,
@@ -229,6 +231,9 @@ def test_make_backend_and_resolve_know_the_batch_backend(api_env: pytest.MonkeyP
     backend = make_backend(call_settings(fast_config(), "anthropic-batch"))
     assert isinstance(backend, AnthropicBatchBackend)
     assert backend.batches_calls is True
+    # A config file may choose it too.
+    config = parse_config(fast_config_text(backend='"anthropic-batch"'), "batch.toml")
+    assert config.backend == "anthropic-batch"
     api_env.delenv("ANTHROPIC_API_KEY")
     with pytest.raises(RuntimeError, match="backend anthropic-batch: ANTHROPIC_API_KEY"):
         resolve_backend("anthropic-batch")

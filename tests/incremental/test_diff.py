@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.incremental import (
+    MAX_INSTRUCTED_FILES,
     IncrementalError,
     changes_since,
     parse_diff,
+    scope_instructions,
     touches_changes,
 )
 from tests.incremental.gitrepo import commit_all, git, init_repo, read_lines, write_lines
@@ -177,3 +179,22 @@ def test_special_file_names_from_real_git_output(repo: Path) -> None:
     assert sorted(changes.files) == sorted(names)
     for name in names:
         assert changes.files[name].changed_ranges() == [[2, 2]], name
+
+
+def test_scope_instructions_name_lines_gaps_and_new_files() -> None:
+    scope = {
+        "since": "v9",
+        "files": {
+            "a.py": {"lines": [[3, 5], [9, 9]], "gaps": [12]},
+            "b.py": {"lines": [], "gaps": [0]},
+            "new.md": {"whole": True},
+            "odd*.py": {"lines": [[1, 1]], "gaps": []},  # a glob would not name it
+        },
+    }
+    got = {i.paths: i.instruction for i in scope_instructions(scope)}
+    assert sorted(got) == [("a.py",), ("b.py",), ("new.md",)]
+    assert "changed since v9: lines 3-5, 9; deletions after line 12." in got[("a.py",)]
+    assert "changed since v9: deletions after line 0." in got[("b.py",)]
+    assert "changed since v9: the whole file is new." in got[("new.md",)]
+    many = {"files": {f"f{i}.py": {"whole": True} for i in range(MAX_INSTRUCTED_FILES + 1)}}
+    assert scope_instructions(many) == ()

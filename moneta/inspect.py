@@ -134,8 +134,27 @@ def sample_memories(
             f" floor={values['protectedFloor']:.3f} priorState={values['priorState']}"
             f" lastEvaluated={_utc(values['lastEvaluated'])}"
         )
-        lines.append((header, f"      payload {preview}"))
+        lines.append((header, f"      payload {preview}" + _fidelity_lines(stage, path)))
     return lines
+
+
+def _fidelity_lines(stage: Usd.Stage, path: str) -> str:
+    """Both texts of a gisted memory (``moneta.gist``), so the detail stays in sight."""
+    from moneta.gist import fidelity_of
+
+    layers = stage.GetLayerStack(includeSessionLayers=False)
+    specs = [spec for layer in layers if (spec := layer.GetPrimAtPath(path)) is not None]
+    view = fidelity_of(specs)
+    if view is None:
+        return ""
+    text = f"\n      fidelity selection={view.selection} status={view.status}"
+    if view.reason:
+        text += f" reason={json.dumps(view.reason, ensure_ascii=False)}"
+    for name, value in (("detail", view.detail), ("gist", view.gist)):
+        if value is not None:
+            shown = json.dumps(value, ensure_ascii=False).translate(_LINE_BREAKS)
+            text += f"\n      {name} {shown}"
+    return text
 
 
 def _memory_names(layer: Sdf.Layer) -> frozenset[str]:

@@ -8,12 +8,15 @@ Layout inside the store directory::
 
 A record is acknowledged once ``WriteAheadLog.append`` returns: its bytes are in
 the kernel (one ``os.write``), so they survive ``kill -9`` of the process. fsync
-runs on a timer (``fsync_interval_s``) and at rotate/close; ``fsync_interval_s=0``
-fsyncs every append (power-loss safety at a latency cost).
+is grouped: a timer thread (``fsync_interval_s``) fsyncs the active segment,
+segments rotated out since the last tick and the directory, and ``close`` fsyncs
+what is left, so power loss can cost at most the last interval; with
+``fsync_interval_s=0`` every append, rotation and new segment is fsynced at once
+(power-loss safety at a latency cost).
 
 Snapshot protocol (no acknowledged record can be lost to a racing append):
 under the handle's lock the caller calls ``wal.rotate()`` (new appends go to the
-new segment) and copies the hot-tier columns; outside the lock it calls
+new segment; no disk wait) and takes the hot-tier image; outside the lock it calls
 ``write_snapshot(..., covers_segment=<returned number>)`` and only after that
 ``wal.drop_through(<number>)``. Recovery reads the snapshot and replays only
 segments newer than the one it covers.

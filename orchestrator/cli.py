@@ -12,6 +12,7 @@ what to do); 2 bad command-line usage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import replace
@@ -256,19 +257,22 @@ def run(
         if redis_url and budget_usd is not None:
             raise click.UsageError("--budget-usd applies to embedded runs (no --redis-url)")
         if redis_url:
-            run_distributed(
-                redis_url=redis_url,
-                repo=repo,
-                config=config,
-                out_dir=out_dir,
-                resume=resume,
-                fresh=fresh,
-                max_loops=max_loops,
-                run_id=run_id,
-                wait=wait,
-                prefix=default_prefix(),
-            )
-            if output_format == "sarif" and wait:
+            # With --format sarif, stdout carries only the SARIF log (the run id goes to stderr).
+            quiet = output_format == "sarif" and wait
+            with contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext():
+                run_distributed(
+                    redis_url=redis_url,
+                    repo=repo,
+                    config=config,
+                    out_dir=out_dir,
+                    resume=resume,
+                    fresh=fresh,
+                    max_loops=max_loops,
+                    run_id=run_id,
+                    wait=wait,
+                    prefix=default_prefix(),
+                )
+            if quiet:
                 done = out_dir if out_dir.is_absolute() else repo / out_dir
                 sys.stdout.write((done / SARIF).read_text(encoding="utf-8"))
             return

@@ -231,11 +231,11 @@ class InMemoryVectorIndex:
                 return
             # The last write of an id wins, as if the records were applied in order.
             latest = {r.entity_id: r for r in records}
-            fresh: dict[EntityState, list[VectorRecord]] = {}
+            fresh: dict[int, list[VectorRecord]] = {}  # by state (IntEnum or int)
             moved: dict[int, tuple[_Partition, list[int]]] = {}
             if not any(part.n for part in self._parts.values()):
                 for record in latest.values():  # nothing to replace: a bulk load
-                    fresh.setdefault(EntityState(record.state), []).append(record)
+                    fresh.setdefault(record.state, []).append(record)
                 latest = {}
             for record in latest.values():
                 found = self._find(record.entity_id)
@@ -245,11 +245,11 @@ class InMemoryVectorIndex:
                         part.write(row, record)
                         continue
                     moved.setdefault(id(part), (part, []))[1].append(row)
-                fresh.setdefault(EntityState(record.state), []).append(record)
+                fresh.setdefault(record.state, []).append(record)
             for part, rows in moved.values():
                 part.remove(rows)
             for state, group in fresh.items():
-                self._part(state).append(group)
+                self._part(EntityState(state)).append(group)
 
     def delete(self, entity_ids: Iterable[UUID]) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ from workers.gist_dispatch import EmbeddedGistDispatcher
 # 2026-03-02 12:00:00 UTC
 NOON_UTC = 1_772_452_800.0
 HOUR = 3600.0
+DAY_SECONDS = 86_400.0
 DIM = 8
 MEMORY_RE = re.compile(r'<memory id="([0-9a-f]{32})">\n(.*)\n</memory>', re.DOTALL)
 

@@ -235,7 +235,8 @@ def run(
     config = _load(config_file)
     if since is not None:
         try:
-            config = with_scope(config, incremental_scope(repo, since, previous_run))
+            scope = incremental_scope(repo, since, previous_run, out_dir=out_dir)
+            config = with_scope(config, scope)
         except (IncrementalError, ValueError) as exc:
             raise click.ClickException(f"--since {since}: {exc}") from exc
     overrides: dict[str, Any] = {}

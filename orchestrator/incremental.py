@@ -263,12 +263,26 @@ def parse_diff(text: str, *, since: str = "", commit: str = "") -> ChangeSet:
 
 
 def changes_since(repo: Path, since: str) -> ChangeSet:
-    """Changes of `repo`'s working tree since revision `since`, untracked files included."""
+    """Changes of `repo`'s working tree since revision `since`, untracked files included.
+
+    Paths are relative to `repo` (which may be a subdirectory of the git work tree, as
+    the snapshot's are), and changes outside it are left out (`git diff --relative`).
+    """
     if not isinstance(since, str) or not since.strip() or since.startswith("-"):
         raise ValueError(f"since: must be a git revision, got {since!r}")
     repo = Path(repo)
     commit = _git(repo, "rev-parse", "--verify", "--quiet", f"{since}^{{commit}}").strip()
-    text = _git(repo, "diff", "-U0", "--no-color", "--no-ext-diff", "--find-renames", commit, "--")
+    text = _git(
+        repo,
+        "diff",
+        "-U0",
+        "--no-color",
+        "--no-ext-diff",
+        "--find-renames",
+        "--relative",
+        commit,
+        "--",
+    )
     changes = parse_diff(text, since=since, commit=commit)
     untracked = _git(repo, "ls-files", "--others", "--exclude-standard", "-z")
     for path in filter(None, untracked.split("\0")):
@@ -287,11 +301,30 @@ def previous_findings(previous_run: Path) -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
-def incremental_scope(repo: Path, since: str, previous_run: Path | None = None) -> dict[str, Any]:
-    """The JSON-ready scope `apply_incremental` judges by (see the module docstring)."""
+def incremental_scope(
+    repo: Path,
+    since: str,
+    previous_run: Path | None = None,
+    *,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The JSON-ready scope `apply_incremental` judges by (see the module docstring).
+
+    Files under `out_dir` (the run's own outputs, relative paths against `repo`) are
+    left out: a run writing there must not change the scope a `--resume` recomputes.
+    """
     changes = changes_since(repo, since)
+    skip: str | None = None
+    if out_dir is not None:
+        out = out_dir if out_dir.is_absolute() else Path(repo) / out_dir
+        try:
+            skip = out.resolve().relative_to(Path(repo).resolve()).as_posix().rstrip("/") + "/"
+        except ValueError:
+            skip = None  # outside the repository
     files: dict[str, dict[str, Any]] = {}
     for path, change in sorted(changes.files.items()):
+        if skip is not None and (path + "/").startswith(skip):
+            continue
         if change.whole:
             files[path] = {"whole": True}
         else:

@@ -11,6 +11,7 @@ from orchestrator.incremental import (
     MAX_INSTRUCTED_FILES,
     IncrementalError,
     changes_since,
+    incremental_scope,
     parse_diff,
     scope_instructions,
     touches_changes,
@@ -198,3 +199,25 @@ def test_scope_instructions_name_lines_gaps_and_new_files() -> None:
     assert "changed since v9: the whole file is new." in got[("new.md",)]
     many = {"files": {f"f{i}.py": {"whole": True} for i in range(MAX_INSTRUCTED_FILES + 1)}}
     assert scope_instructions(many) == ()
+
+
+def test_a_subdirectory_repo_sees_its_own_relative_paths(repo: Path) -> None:
+    write_lines(repo / "top.txt", ["outside the reviewed directory"])
+    write_lines(repo / "src/a.py", [*BASE, "line-21"])
+    write_lines(repo / "src/fresh.py", ["new"])  # untracked
+    changes = changes_since(repo / "src", "v1")
+    assert sorted(changes.files) == ["a.py", "fresh.py"]
+    assert changes.files["a.py"].changed_ranges() == [[21, 21]]
+
+
+def test_the_runs_own_output_directory_is_not_a_change(repo: Path) -> None:
+    before = incremental_scope(repo, "v1", out_dir=Path("review"))
+    write_lines(repo / "review/findings.jsonl", ["{}"])
+    write_lines(repo / "review/loop-1.md", ["# loop 1"])
+    write_lines(repo / "reviewed.txt", ["not an output"])
+    after = incremental_scope(repo, "v1", out_dir=Path("review"))
+    assert sorted(after["files"]) == ["reviewed.txt"]
+    del after["files"]["reviewed.txt"]
+    assert after == before
+    absolute = incremental_scope(repo, "v1", out_dir=repo / "review")
+    assert sorted(absolute["files"]) == ["reviewed.txt"]

@@ -278,6 +278,18 @@ def test_cli_since_previous_and_sarif(history: Path, tmp_path: Path) -> None:
     states = sorted(r["baselineState"] for r in sarif["runs"][0]["results"])
     assert states == ["new"] * 4
 
+    # Outputs inside the repository are not changes: resuming there is not config drift.
+    inside = ["--out", "review-out", "--since", "v1"]
+    with MessagesStub(answer=answer_v2) as stub:
+        env.update(ANTHROPIC_BASE_URL=stub.url)
+        done = cli(*inside)
+        assert done.returncode == 0, done.stderr
+        resumed = cli(*inside, "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming after loop(s) 1" in resumed.stderr
+        assert len(stub.recorded()) == 8  # the resume had nothing left to call
+    assert len(read_jsonl(repo / "review-out" / "findings.jsonl")) == 4
+
     bad = cli("--out", str(tmp_path / "x"), "--since", "no-such-rev")
     assert bad.returncode == 1 and "--since no-such-rev" in bad.stderr
     assert not (tmp_path / "x").exists()

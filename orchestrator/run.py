@@ -270,12 +270,13 @@ async def _run_locked(
     # Message Batch: a wave starts at once, with no warm-up call and no concurrency cap;
     # its usage is priced at the batch rate. (Read before a budget wraps the backend.)
     batched = bool(getattr(backend, "batches_calls", False))
+    priced = batch_price_config(inputs.config) if batched else inputs.config
     run_label = inputs.out_dir.name or "embedded"
     if options.recorder is not None:  # metrics see real calls, not budget-held replays
-        backend = MeteredBackend(backend, options.recorder, run_label, inputs.config)
+        backend = MeteredBackend(backend, options.recorder, run_label, priced)
     meter, backend = budget_backend(
         backend,
-        batch_price_config(inputs.config) if batched else inputs.config,
+        priced,
         budget_usd=options.budget_usd,
         out_dir=inputs.out_dir,
         completed_loops=cp.completed_loops,

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import generate_latest
 
 from orchestrator.checkpoint import load_checkpoint
 from orchestrator.cli import main as cli_main
 from orchestrator.config import parse_config
 from orchestrator.cost import BudgetExceeded, CostMeter, config_price, usage_cost
+from orchestrator.metrics import MemoryStore, Recorder, registry_for
 from orchestrator.plan import call_settings, prepare_run, role_jobs
 from orchestrator.run import RunOptions, run_review
 from synth.outputs import read_jsonl
@@ -360,3 +362,35 @@ def test_dry_run_prices_a_batch_run_at_half(
     for kind, rate in full["prices_per_mtok"].items():
         assert batch["prices_per_mtok"][kind] == pytest.approx(rate * BATCH_PRICE_FACTOR)
     assert not (repo / "docs/review").exists()
+
+
+async def test_metrics_record_batch_calls_at_the_batch_price(
+    batch_stub: BatchStub, repo: Path, tmp_path: Path
+) -> None:
+    store = MemoryStore()
+    config = fast_config()
+    options = RunOptions(
+        repo=repo,
+        config=config,
+        out_dir=tmp_path / "o",
+        max_loops=1,
+        recorder=Recorder(store, "embedded"),
+    )
+    backend = batch_backend()
+    try:
+        await run_review(options, backend=backend)
+    finally:
+        await backend.aclose()
+    assert batch_stub.batch_sizes() == [7, 1]  # the metrics wrapper keeps the wave whole
+    price = config_price(config)
+    assert price is not None
+    usage = batch_stub.entry_usage_totals()
+    full = usage_cost(usage, price, config.cache_ttl)["total"]
+    text = generate_latest(registry_for(store, "embedded", rq=False)).decode()
+    costs = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("moneta_review_cost_usd_total{")
+    ]
+    assert len(costs) == 1
+    assert costs[0] == pytest.approx(full * BATCH_PRICE_FACTOR)

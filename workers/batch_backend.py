@@ -16,11 +16,13 @@ the API error type, mapped to its HTTP status (overloaded 529, rate limit 429,
 api_error 500 are retried; invalid_request 400 is not); `expired` (never processed
 within the batch's 24 h) is retried; `canceled` (someone cancelled the batch) is
 not. A retried call joins the next batch. Failing to create, poll or read the batch
-fails every call of it with that error, under the same rules.
+fails every call of it with that error, under the same rules. A batch still running
+after `max_wait` is cancelled and its calls fail without a retry.
 
 Costs: batch usage is priced at `BATCH_PRICE_FACTOR` of the list price (prompt-cache
 multipliers apply on top); `batch_cost_summary` renders the run's cost section at
-that price with the saving against the synchronous price.
+that price with the saving against the synchronous price. The runner also gives the
+budget and the metrics recorder `batch_price_config` (`orchestrator.run`).
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ import logging
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
-from contextlib import closing
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -355,25 +355,33 @@ class GistLedger:
     States: ``deferred`` (waiting for room under the pending bound), ``pending``
     (handed to a sink), ``answered`` (outcome received, not yet authored),
     ``gisted``, ``failed`` (detail selected, reason recorded), ``skipped``
-    (protected, not asked for). One short connection per call, so any thread or
-    process may use it.
+    (protected, not asked for). WAL mode, so a worker process writes while the
+    handle reads; one connection per ledger object, shared by its threads under a
+    lock; ``synchronous=NORMAL``: a commit survives a crash of the process.
     """
 
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / LEDGER_FILE
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._db:
+            self._db.execute(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30.0)
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
     def enqueue(self, entity_ids: Sequence[UUID], now: float) -> None:
         """Record ids as deferred; a settled row (re-consolidated memory) is queued again."""
         rows = [(e.hex, now) for e in entity_ids]
-        with closing(self._connect()) as db, db:
+        with self._connect() as db, db:
             db.executemany(
                 "INSERT INTO gists(entity_id, state, queued_at) VALUES (?, 'deferred', ?)"
                 " ON CONFLICT(entity_id) DO UPDATE"
@@ -384,7 +392,7 @@ class GistLedger:
 
     def requeue_stale(self, older_than: float) -> int:
         """Pending rows dispatched before `older_than` (a lost job) go back to deferred."""
-        with closing(self._connect()) as db, db:
+        with self._connect() as db, db:
             cur = db.execute(
                 "UPDATE gists SET state='deferred' WHERE state='pending' AND dispatched_at < ?",
                 (older_than,),
@@ -393,7 +401,7 @@ class GistLedger:
 
     def claim(self, max_pending: int, now: float) -> list[UUID]:
         """Move the oldest deferred rows to pending, up to `max_pending` pending in all."""
-        with closing(self._connect()) as db, db:
+        with self._connect() as db, db:
             db.execute("BEGIN IMMEDIATE")
             (pending,) = db.execute("SELECT count(*) FROM gists WHERE state='pending'").fetchone()
             room = max(0, max_pending - pending)
@@ -426,7 +434,7 @@ class GistLedger:
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         rows = [(state, reason, summary, now, e.hex) for e in entity_ids]
-        with closing(self._connect()) as db, db:
+        with self._connect() as db, db:
             db.executemany(
                 "INSERT INTO gists(state, reason, summary, queued_at, entity_id)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(entity_id) DO UPDATE SET"
@@ -435,14 +443,14 @@ class GistLedger:
             )
 
     def answered(self) -> list[Outcome]:
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             rows = db.execute(
                 "SELECT entity_id, summary, reason FROM gists WHERE state='answered' ORDER BY rowid"
             ).fetchall()
         return [Outcome(UUID(hex=i), s, r) for i, s, r in rows]
 
     def row(self, entity_id: UUID) -> GistRow | None:
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             found = db.execute(
                 "SELECT state, reason, summary, attempts FROM gists WHERE entity_id=?",
                 (entity_id.hex,),
@@ -452,7 +460,7 @@ class GistLedger:
         return GistRow(entity_id, found[0], found[1], found[2], int(found[3]))
 
     def counts(self) -> dict[str, int]:
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             rows = db.execute("SELECT state, count(*) FROM gists GROUP BY state").fetchall()
         counts = dict.fromkeys(STATES, 0)
         counts.update({state: int(n) for state, n in rows})
@@ -503,6 +511,7 @@ class GistCoordinator:
         with _live_lock:
             if _live.get(_key(self.directory)) is self:
                 del _live[_key(self.directory)]
+        self.ledger.close()
 
     def after_pass(self, consolidated: Sequence[UUID], now: float) -> PassHandoff:
         """Record new ids, author answered outcomes, hand at most the bound to the sink.
@@ -663,8 +672,11 @@ def deliver(
     if live is not None:
         return live.apply([outcome], now).get(entity_id, "failed")
     ledger = GistLedger(directory)
-    ledger.set_state([entity_id], "answered", reason=reason, summary=summary, now=now or 0.0)
-    return _apply_unowned(directory, ledger, entity_id, now)
+    try:
+        ledger.set_state([entity_id], "answered", reason=reason, summary=summary, now=now or 0.0)
+        return _apply_unowned(directory, ledger, entity_id, now)
+    finally:
+        ledger.close()
 
 
 def _apply_unowned(directory: Path, ledger: GistLedger, entity_id: UUID, now: float | None) -> str:

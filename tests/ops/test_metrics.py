@@ -251,3 +251,54 @@ def test_memory_store_serves_the_same_families_as_redis() -> None:
     assert value(s, "moneta_review_cost_usd_total", run="r", model="m") == pytest.approx(1.5)
     assert value(s, "moneta_review_findings", run="r", severity="High") == 2
     assert json.dumps(sorted({k[0] for k in s}))  # every sample has a name
+
+
+def test_embedded_run_serves_its_own_metrics_while_it_runs(
+    stub: MessagesStub, env: dict[str, str], repo: Path, config_file: Path, tmp_path: Path
+) -> None:
+    config = load_config(config_file)
+    price = config_price(config)
+    assert price is not None
+    stub.hold(loop=2)
+    port = free_port()
+    out = tmp_path / "out"
+    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*CLI, *args, "--max-loops", "2", "--metrics-port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+
+        def paused() -> Samples | None:
+            try:
+                s = scrape(port)
+            except OSError:
+                return None
+            done = value(
+                s, "moneta_review_model_calls_total", run="out", model=config.model, status="ok"
+            )
+            return s if done == 8 and stub.waiting() >= 1 else None
+
+        s = wait_until(paused, timeout=60, what="loop 1 done, loop 2 held")
+        loop1 = [r for r in stub.recorded(status=200) if r.loop == 1]
+        used = usage_of(loop1)
+        run = {"run": "out", "model": config.model}
+        for k in KINDS:
+            assert value(s, "moneta_review_tokens_total", **run, kind=k) == used[k], k
+        assert value(s, "moneta_review_cost_usd_total", **run) == pytest.approx(
+            usage_cost(used, price, "1h")["total"]
+        )
+        assert value(s, "moneta_review_model_call_duration_seconds_count", model=config.model) == 8
+        loops = read_jsonl(out / "loops.jsonl")
+        for sev in SEVERITIES:
+            expected = loops[0]["counts"]["severity"][sev]
+            assert value(s, "moneta_review_findings", run="out", severity=sev) == expected
+        # No queues in an embedded run: only the run's own families are served.
+        assert not [k for k in s if k[0].startswith("moneta_review_queue")]
+    finally:
+        stub.release()
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()

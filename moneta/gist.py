@@ -366,6 +366,7 @@ class GistLedger:
         self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # a cleared summary leaves no bytes
         with self._db:
             self._db.execute(_SCHEMA)
 
@@ -586,13 +587,21 @@ class GistCoordinator:
         """Author outcomes through this handle's cold tier; settle their ledger rows."""
         when = float(self.clock()) if now is None else now  # type: ignore[operator]
         with self._apply_lock:
-            states = author_outcomes(self.target, outcomes, authored_at=when)
+            try:
+                states = author_outcomes(self.target, outcomes, authored_at=when)
+            except AuthoringError as exc:  # e.g. a failed Save(): the next pass retries
+                log.warning("gists stay answered in the ledger: %s", exc)
+                for outcome in outcomes:
+                    self.ledger.set_state(
+                        [outcome.entity_id], "answered", reason=outcome.reason,
+                        summary=outcome.summary, now=when,
+                    )  # fmt: skip
+                return dict.fromkeys((o.entity_id for o in outcomes), "answered")
             for outcome in outcomes:
                 state = states.get(outcome.entity_id, "failed")
                 reason = None if state == "gisted" else (outcome.reason or "not in the cold tier")
-                self.ledger.set_state(
-                    [outcome.entity_id], state, reason=reason, summary=outcome.summary, now=when
-                )
+                # The text now lives in the prim only: ``forget`` must find nothing here.
+                self.ledger.set_state([outcome.entity_id], state, reason=reason, now=when)
         return states
 
     def apply_answered(self, now: float | None = None) -> int:
@@ -706,9 +715,7 @@ def _apply_unowned(directory: Path, ledger: GistLedger, entity_id: UUID, now: fl
             for outcome in outcomes:
                 state = states.get(outcome.entity_id, "failed")
                 reason = None if state == "gisted" else (outcome.reason or "not in the cold tier")
-                ledger.set_state(
-                    [outcome.entity_id], state, reason=reason, summary=outcome.summary, now=when
-                )
+                ledger.set_state([outcome.entity_id], state, reason=reason, now=when)
         finally:
             target.close()
     finally:

@@ -221,3 +221,22 @@ def test_reopened_store_composes_gists_from_the_files(
     records = target.read(ids)
     assert [records[e].payload for e in ids] == [gist_for(detail_text(i)) for i in range(2)]
     assert all(records[e].attended_count == 3 for e in ids)
+
+
+def test_forget_removes_the_gist_and_leaves_no_text_in_the_ledger(
+    make_store: Any, dispatcher: EmbeddedGistDispatcher, stub: MessagesStub
+) -> None:
+    store = make_store(dispatcher)
+    m = store.open()
+    ids = gisted_next_day(store, stub, 2)
+    assert m.forget(ids[0])
+    store.close()
+    gc.collect()
+    cold = store.directory / "cold"
+    assert opinions(cold, ids[0]) == {}
+    assert opinions(cold, ids[1]) == {MAR_02: "SpecifierDef", MAR_03: "SpecifierOver"}
+    gist_text = gist_for(detail_text(0)).encode()
+    for path in store.directory.glob("gist.sqlite*"):
+        assert gist_text not in path.read_bytes(), path
+    row = store.ledger.row(ids[1])
+    assert row is not None and row.state == "gisted" and row.summary is None

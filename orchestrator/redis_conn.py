@@ -57,6 +57,11 @@ def check_reachable(url: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
         ) from exc
     except redis.ResponseError as exc:
         raise RedisUnavailable(f"Redis at {redact_url(url)} answered an error: {exc}") from exc
+    except redis.RedisError as exc:  # e.g. another protocol answered: not a Redis server
+        raise RedisUnavailable(
+            f"{redact_url(url)} does not answer as a Redis server ({exc}); check --redis-url "
+            "/ REDIS_URL"
+        ) from exc
     finally:
         probe.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import zlib
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from orchestrator.distributed import (
     wait_for_run,
 )
 from orchestrator.runstate import RunMeta, RunState
-from tests.distributed.support import Workers, free_port, read_tree, run_cli, wait_until
+from tests.distributed.support import Workers, read_tree, run_cli, wait_until
 from tests.support.messages_stub import MessagesStub
 
 
@@ -272,16 +273,32 @@ def test_poison_job_fails_with_its_reason_in_the_loop_markdown(
     conn.close()
 
 
-def test_unreachable_redis_is_a_clear_error_not_a_hang(env: dict[str, str], repo: Path) -> None:
-    closed_port = free_port()
-    for url in (f"redis://127.0.0.1:{closed_port}/0", "redis://10.255.255.1:6379/0"):
-        for args in (
-            ["run", "--repo", str(repo), "--redis-url", url],
-            ["worker", "--queues", "reviewer", "--redis-url", url],
-            ["status", "some-run", "--redis-url", url],
-        ):
-            # The subprocess timeout is the bound: a hang fails the test.
-            done = run_cli(args, env, timeout=5)
-            assert done.returncode == 1, (args, done.stderr)
-            assert "cannot reach Redis at" in done.stderr
-            assert "REDIS_URL" in done.stderr
+def test_unreachable_redis_is_a_clear_error_not_a_hang(
+    env: dict[str, str], repo: Path, stub: MessagesStub
+) -> None:
+    with socket.socket() as held, socket.socket() as silent:
+        held.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        refused = held.getsockname()[1]
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the backlog, nothing ever answers
+        mute = silent.getsockname()[1]
+        reach = "cannot reach Redis at"
+        other = "does not answer as a Redis server"
+        cases = {
+            f"redis://127.0.0.1:{refused}/0": (reach,),
+            f"redis://127.0.0.1:{mute}/0": (reach,),
+            # An HTTP server answers 400 or just closes the connection.
+            stub.url.replace("http://", "redis://") + "/0": (reach, other),
+        }
+        for url, messages in cases.items():
+            for args in (
+                ["run", "--repo", str(repo), "--redis-url", url],
+                ["worker", "--queues", "reviewer", "--redis-url", url],
+                ["status", "some-run", "--redis-url", url],
+            ):
+                # The subprocess timeout is the bound: a hang fails the test.
+                done = run_cli(args, env, timeout=5)
+                assert done.returncode == 1, (args, done.stderr)
+                assert any(m in done.stderr for m in messages), (args, done.stderr)
+                assert "REDIS_URL" in done.stderr
+                assert "Traceback" not in done.stderr

@@ -154,11 +154,13 @@ class EmbeddedStatus:
         kind = event.get("event")
         now = time.time()
         if kind == "run_start":
-            self.view["loops"] = list(event["loops"]) or self.view["loops"]
+            done = self._completed_rows()  # a resumed run: loops closed by earlier invocations
+            self.view["loops"] = sorted({*event["loops"], *done}) or self.view["loops"]
+            self.view["closed_loops"] = sorted(done)
             self.view["constitution_hash"] = event.get("constitution_hash")
             for loop in self.view["loops"]:
                 for role in self.roles:
-                    self._row(loop, role)
+                    self._row(loop, role).update(done.get(loop, {}).get(role, {}))
         elif kind == "loop_start":
             self._wave_start[event["loop"]] = now
             for role in self.roles:
@@ -187,6 +189,18 @@ class EmbeddedStatus:
             return
         self.write()
 
+    def _completed_rows(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """Rows of the loops already in `loops.jsonl` (written by an earlier invocation)."""
+        path = self.path.parent / "loops.jsonl"
+        if not path.exists():
+            return {}
+        out: dict[int, dict[str, dict[str, Any]]] = {}
+        for j in _rows_from_loops(read_jsonl(path), self.view["run_id"], self.config):
+            out.setdefault(j["loop"], {})[j["role"]] = {
+                k: v for k, v in j.items() if k not in ("loop", "role", "job_id")
+            }
+        return out
+
     def fail(self, error: str) -> None:
         """The run stopped with `error` (drift, budget, ...)."""
         self.view["status"] = "failed"
@@ -198,6 +212,31 @@ class EmbeddedStatus:
         self.view["jobs"] = jobs
         self.view["totals"] = _totals(jobs)
         atomic_write_text(self.path, json.dumps(self.view, indent=1) + "\n")
+
+
+def _rows_from_loops(
+    loops: list[dict[str, Any]], run_id: str, config: ReviewConfig | None
+) -> list[dict[str, Any]]:
+    """Job rows from loop records (`loops.jsonl`); no durations (they are not recorded)."""
+    jobs = []
+    for lr in sorted(loops, key=lambda r: r["loop"]):
+        for rv in lr["reviewers"]:
+            usage = {k: int((rv.get("usage") or {}).get(k, 0)) for k in USAGE_KEYS}
+            jobs.append(
+                {
+                    "loop": lr["loop"],
+                    "role": rv["role"],
+                    "job_id": f"{run_id}:L{lr['loop']}:{rv['role']}",
+                    "state": "finished" if rv["status"] == "ok" else "failed",
+                    "attempts": rv.get("attempts", 0),
+                    "detail": rv.get("error") or rv.get("extraction_error") or "",
+                    "findings": rv.get("raw") if rv["status"] == "ok" else None,
+                    "tokens": usage,
+                    "cost_usd": None if config is None else _cost(config, usage),
+                    "duration_s": None,
+                }
+            )
+    return jobs
 
 
 def view_from_dir(out_dir: Path) -> dict[str, Any]:
@@ -212,24 +251,7 @@ def view_from_dir(out_dir: Path) -> dict[str, Any]:
     from orchestrator.checkpoint import load_checkpoint
 
     cp = load_checkpoint(out_dir)
-    jobs = []
-    for lr in sorted(loops, key=lambda r: r["loop"]):
-        for rv in lr["reviewers"]:
-            usage = rv.get("usage") or {}
-            jobs.append(
-                {
-                    "loop": lr["loop"],
-                    "role": rv["role"],
-                    "job_id": f"{out_dir.name}:L{lr['loop']}:{rv['role']}",
-                    "state": "finished" if rv["state"] == "ok" else rv["state"],
-                    "attempts": rv.get("attempts", 0),
-                    "detail": rv.get("error") or rv.get("extraction_error") or "",
-                    "findings": rv.get("raw"),
-                    "tokens": {k: int(usage.get(k, 0)) for k in USAGE_KEYS},
-                    "cost_usd": None,
-                    "duration_s": None,
-                }
-            )
+    jobs = _rows_from_loops(loops, out_dir.name, None)
     done = (out_dir / "synthesis.md").exists()
     return {
         "mode": "embedded",

@@ -165,3 +165,27 @@ def test_on_a_terminal_a_run_shows_progress_bars_and_status_a_table(
     assert "┃" in screen or "│" in screen  # a rich table
     assert screen.count("finished") == 16
     wait_until(lambda: (out / ".status.json").exists(), timeout=1)
+
+
+def test_a_resumed_embedded_run_shows_the_loops_of_earlier_invocations(
+    stub: MessagesStub, env: dict[str, str], repo: Path, config_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    first = run_cli([*args, "--max-loops", "1"], env)
+    assert first.returncode == 0, first.stderr
+    second = run_cli([*args, "--max-loops", "2", "--resume"], env)
+    assert second.returncode == 0, second.stderr
+    view = json.loads(run_cli(["status", str(out), "--json"], env).stdout)
+    assert view["status"] == "completed" and view["closed_loops"] == [1, 2]
+    used = per_job_usage(stub)
+    assert [(j["loop"], j["role"]) for j in view["jobs"]] == [
+        (n, r) for n in (1, 2) for r in ROLE_ORDER
+    ]
+    for j in view["jobs"]:
+        assert j["state"] == "finished"
+        assert j["tokens"] == used[(j["loop"], j["role"])]
+        assert j["findings"] == len(scripted_findings(j["role"], j["loop"]))
+        # Durations are known for what this invocation ran, not for earlier loops.
+        assert (j["duration_s"] is None) == (j["loop"] == 1)
+    assert view["totals"]["tokens"] == {k: sum(u[k] for u in used.values()) for k in KINDS}

@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,9 @@ def test_distributed_run_status_joins_jobs_results_and_timings(
     assert "st1:L3:usd" in text.stdout
 
 
-def _pty_run(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+def _pty_run(
+    argv: list[str], env: dict[str, str], on_output: Callable[[str], None] | None = None
+) -> tuple[int, str]:
     """Run `argv` with stdout and stderr on a pseudo-terminal; return (status, output)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
@@ -138,6 +141,8 @@ def _pty_run(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
             if not data:
                 return
             chunks.append(data)
+            if on_output is not None:
+                on_output(data.decode("utf-8", "replace"))
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
@@ -189,3 +194,50 @@ def test_a_resumed_embedded_run_shows_the_loops_of_earlier_invocations(
         # Durations are known for what this invocation ran, not for earlier loops.
         assert (j["duration_s"] is None) == (j["loop"] == 1)
     assert view["totals"]["tokens"] == {k: sum(u[k] for u in used.values()) for k in KINDS}
+
+
+def test_status_watch_follows_a_running_run_until_it_ends(
+    stub: MessagesStub, env: dict[str, str], repo: Path, config_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    stub.hold(loop=2)
+    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    run = subprocess.Popen(
+        [*CLI, *args, "--max-loops", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+
+        def loop2_running() -> bool:
+            path = out / ".status.json"
+            if not path.exists() or stub.waiting() < 1:
+                return False
+            view = json.loads(path.read_text())
+            return view["closed_loops"] == [1]
+
+        wait_until(loop2_running, timeout=60, what="loop 2 to be held")
+        view = json.loads(run_cli(["status", str(out), "--json"], env).stdout)
+        assert view["status"] == "running"
+        states = {(j["loop"], j["state"]) for j in view["jobs"]}
+        assert states == {(1, "finished"), (2, "started")}
+        seen: list[str] = []
+
+        def release_once_shown(text: str) -> None:
+            seen.append(text)
+            if "running" in "".join(seen):
+                stub.release()  # the run ends while status watches it
+
+        code, screen = _pty_run(
+            [*CLI, "status", str(out), "--watch", "--interval", "0.2"],
+            env,
+            on_output=release_once_shown,
+        )
+        assert code == 0, screen
+        assert screen.index("running") < screen.rindex("completed")  # it followed the run
+    finally:
+        stub.release()
+        run.wait(timeout=120)
+    assert run.returncode == 0

@@ -231,12 +231,27 @@ def redis_url_in(argv: list[str]) -> str | None:
     return os.environ.get("REDIS_URL") or None
 
 
+def normalise_resume(argv: list[str]) -> list[str]:
+    """`run --resume RUN` (a distributed run's id after the flag) → `--resume --run-id RUN`.
+
+    `--resume` alone continues the embedded run in --out, so the id is only taken
+    when a word that is not an option follows the flag.
+    """
+    if not argv or argv[0] != "run" or "--resume" not in argv:
+        return argv
+    i = argv.index("--resume")
+    if i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+        return [*argv[: i + 1], "--run-id", *argv[i + 1 :]]
+    return argv
+
+
 def main() -> None:
     """`moneta-review`: check Redis first when a command will use it, then the full CLI.
 
     The full CLI imports the model SDK, which alone can take seconds on a busy
     machine; an unreachable Redis is reported before that, within seconds.
     """
+    sys.argv[1:] = normalise_resume(sys.argv[1:])
     url = redis_url_in(sys.argv[1:])
     if url:
         from orchestrator.redis_conn import RedisUnavailable, check_reachable

@@ -206,7 +206,6 @@ def test_orchestrator_killed_after_enqueue_run_completes_and_resume_is_a_noop(
         [
             "run",
             "--resume",
-            "--run-id",
             "orph-1",
             "--redis-url",
             own_redis.url,

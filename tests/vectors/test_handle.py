@@ -93,7 +93,7 @@ def test_dimension_fixed_by_first_deposit_across_reopen(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # LanceDB writes a manifest listing every fragment per commit
+@pytest.mark.timeout(3600)  # LanceDB writes a manifest listing every fragment per commit
 def test_sleep_pass_compacts_after_20000_single_row_commits(tmp_path: Path) -> None:
     index = LanceVectorIndex(tmp_path / VECTORS_DIR, commit_every=1_000_000,
                              commit_interval_s=3600.0)  # fmt: skip

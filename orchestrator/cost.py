@@ -310,8 +310,9 @@ class BudgetExceeded(RuntimeError):
         self.spent = spent
         self.needed = needed
         super().__init__(
-            f"budget ${budget:.4f} reached: ${spent:.4f} spent, the next call ({what}) is "
-            f"estimated at up to ${needed:.4f}. Answers received so far are kept; raise "
+            f"budget ${budget:.4f} reached: ${spent:.4f} spent or held by calls in flight, "
+            f"the next call ({what}) is estimated at up to ${needed:.4f}. Answers received "
+            "so far are kept; raise "
             "--budget-usd and run again with --resume to continue."
         )
 

@@ -165,7 +165,13 @@ def test_exporter_numbers_match_a_distributed_run_while_it_runs_and_after(
         timeout=120,
         what="the run to complete",
     )
-    s = scrape(exporter)
+
+    def settled() -> Samples | None:
+        # The last synth job marks the run completed just before RQ files it as finished.
+        s = scrape(exporter)
+        return s if value(s, "moneta_review_jobs", queue="synth", state="finished") == 5 else None
+
+    s = wait_until(settled, timeout=30, what="the last synth job to be filed as finished")
     ok = stub.recorded(status=200)
     assert len(ok) == 40
     assert value(s, "moneta_review_model_calls_total", **run, status="ok") == 40

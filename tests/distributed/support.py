@@ -26,15 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 # The `moneta-review` entry point (it checks Redis before loading the full CLI).
 CLI = [sys.executable, "-m", "orchestrator.distributed_cli"]
 
-# Fast abandoned-job detection for tests: heartbeat every second, abandoned 2 s after
-# the last one, a maintenance sweep every second.
+# Fast abandoned-job detection for tests: heartbeat every second, abandoned 5 s after
+# the last one (a live job on a loaded machine must not look abandoned), a
+# maintenance sweep every second.
 FAST_WORKER = [
     "--maintenance-interval",
     "1",
     "--monitoring-interval",
     "1",
     "--abandon-grace",
-    "2",
+    "5",
 ]
 
 

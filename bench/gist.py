@@ -85,6 +85,8 @@ def open_store(directory: Path, sink: object, **extra: Any) -> tuple[Moneta, Clo
         half_life_seconds=HOUR,
         gist_sink=sink,
         gist_max_pending=10_000,
+        # The simulated clock jumps hours between passes; pending jobs are not lost.
+        gist_pending_timeout_seconds=7 * 24 * HOUR,
         **extra,
     )
     return Moneta(config), clock

@@ -32,8 +32,10 @@ at its next sleep pass.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,6 +56,7 @@ FIDELITY = "fidelity"
 DETAIL = "detail"
 GIST = "gist"
 LEDGER_FILE = "gist.sqlite"
+APPLY_LOCK_FILE = "gist.lock"
 STATES = ("deferred", "pending", "answered", "gisted", "failed", "skipped")
 _PAYLOAD = "payload"
 _STATUS_KEY = "monetaGistStatus"
@@ -251,6 +254,9 @@ def _author_one(stack: _Stack, outcome: Outcome, day: DailyLayer, when: float) -
     existing = _gist_spec(stack, entity_id)
     if existing is not None:
         spec, spec_day = existing, stack.gists[entity_id]
+    elif home_spec is not None and home_spec.specifier == Sdf.SpecifierOver:
+        # A pinned memory's gist over, read back from disk as its only daily spec.
+        spec, spec_day = home_spec, stack.home[entity_id]
     elif home_spec is not None and stack.home.get(entity_id) == day:
         spec, spec_day = home_spec, day
     else:
@@ -689,7 +695,24 @@ def deliver(
 
 
 def _apply_unowned(directory: Path, ledger: GistLedger, entity_id: UUID, now: float | None) -> str:
-    """Author answered rows under the store lock when no process has the store open."""
+    """Author answered rows under the store lock when no process has the store open.
+
+    Deliverers take ``gist.lock`` one at a time first, each authoring every row then
+    answered, so an answer recorded while another deliverer held the store lock is
+    authored by the next one instead of waiting for a handle that may never open.
+    The flock is on a descriptor of our own, so it also orders threads of one process.
+    """
+    fd = os.open(directory / APPLY_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _apply_under_store_lock(directory, ledger, entity_id, now)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _apply_under_store_lock(
+    directory: Path, ledger: GistLedger, entity_id: UUID, now: float | None
+) -> str:
     import time
 
     from moneta.durability import StoreLock

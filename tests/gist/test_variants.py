@@ -240,3 +240,31 @@ def test_forget_removes_the_gist_and_leaves_no_text_in_the_ledger(
         assert gist_text not in path.read_bytes(), path
     row = store.ledger.row(ids[1])
     assert row is not None and row.state == "gisted" and row.summary is None
+
+
+def test_protected_gist_rerun_after_reopen_on_a_later_day_keeps_one_variant_set(
+    make_store: Any, dispatcher: EmbeddedGistDispatcher, stub: MessagesStub
+) -> None:
+    """A pinned memory has no daily def: read back, its gist over is its only daily spec."""
+    store = make_store(dispatcher)
+    m = store.open()
+    pinned = m.deposit(detail_text(70), vector(70), protected_floor=0.5)
+    m.protect(pinned)
+    gist.request(m, [pinned], include_protected=True)
+    wait_until(lambda: store.ledger.counts()["gisted"] == 1, what="the protected gist")
+    store.close()
+    cold = store.directory / "cold"
+    first = opinions(cold, pinned)
+    assert first == {"cortex_protected.usda": "SpecifierDef", MAR_02: "SpecifierOver"}
+    store.clock.now += 2 * DAY_SECONDS
+    m = store.open()
+    stub.script([Reply(text="<gist>pinned, again</gist>")])
+    gist.request(m, [pinned], include_protected=True)
+    wait_until(lambda: len(stub.recorded(status=200)) == 2, what="second call")
+    wait_until(lambda: store.ledger.counts()["gisted"] == 1, what="re-gisted")
+    assert opinions(cold, pinned) == first
+    assert variant_names(cold, pinned) == [(f"{MAR_02}:fidelity", ["detail", "gist"])]
+    hit = m.query(vector(70), limit=1)[0]
+    assert (hit.entity_id, hit.payload) == (pinned, "pinned, again")
+    view = gist.read_fidelity(m._parts.target, pinned)
+    assert view is not None and view.detail == detail_text(70)

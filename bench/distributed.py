@@ -49,7 +49,7 @@ from bench.review import stub_process  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.distributed import connect, start_run, wait_for_run  # noqa: E402
 from orchestrator.runstate import rq_job_id  # noqa: E402
-from tests.distributed.support import RedisServer, wait_until  # noqa: E402
+from tests.support.redis_server import RedisServer, wait_until  # noqa: E402
 
 CLI = [sys.executable, "-m", "orchestrator.distributed_cli"]
 

@@ -22,8 +22,9 @@ import pytest
 import yaml
 
 from orchestrator.distributed import connect, wait_for_run
-from tests.distributed.support import ROOT, free_port, wait_until
 from tests.support.messages_stub import MessagesStub
+from tests.support.redis_server import free_port, wait_until
+from tests.support.review_processes import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
 PASSWORD = "s3cret-pw"

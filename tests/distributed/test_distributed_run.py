@@ -12,25 +12,19 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from orchestrator.blobs import get_blob
-from orchestrator.config import load_config
-from orchestrator.distributed import (
-    connect,
-    reviewer_queue,
-    run_status,
-    start_run,
-    wait_for_run,
-)
-from orchestrator.runstate import RunMeta, RunState
-from tests.distributed.support import Workers, read_tree, run_cli, wait_until
+from orchestrator.distributed import reviewer_queue, run_status
+from orchestrator.runstate import RunState
 from tests.support.messages_stub import MessagesStub
-
-
-def embedded_run(repo: Path, config_file: Path, out: Path, env: dict[str, str]) -> dict[str, bytes]:
-    done = run_cli(
-        ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)], env
-    )
-    assert done.returncode == 0, done.stderr
-    return read_tree(out)
+from tests.support.redis_server import wait_until
+from tests.support.review_processes import (
+    Workers,
+    embedded_run,
+    enqueue_run,
+    read_tree,
+    run_args,
+    run_cli,
+    wait_run_end,
+)
 
 
 def test_distributed_output_files_are_byte_identical_to_embedded(
@@ -48,19 +42,7 @@ def test_distributed_output_files_are_byte_identical_to_embedded(
     workers.start_many(shared_redis, reviewers=3, synth=1)
     out = tmp_path / "distributed"
     done = run_cli(
-        [
-            "run",
-            "--repo",
-            str(repo),
-            "--config",
-            str(config_file),
-            "--out",
-            str(out),
-            "--redis-url",
-            shared_redis,
-            "--run-id",
-            "same-1",
-        ],
+        run_args(repo, config_file, out, "--redis-url", shared_redis, "--run-id", "same-1"),
         env,
         timeout=90,
     )
@@ -72,26 +54,10 @@ def test_distributed_output_files_are_byte_identical_to_embedded(
     assert len(stub.recorded()) == 80
 
 
-def start(url: str, repo: Path, config_file: Path, out: Path, run_id: str) -> RunMeta:
-    """Enqueue a run in-process (the orchestrator's part), as `run --no-wait` does."""
-    conn = connect(url)
-    try:
-        return start_run(
-            conn,
-            repo=repo,
-            config=load_config(config_file),
-            out_dir=out,
-            backend="anthropic",
-            run_id=run_id,
-        )
-    finally:
-        conn.close()
-
-
 def test_loop_jobs_graph_ids_payloads_and_blobs(
     repo: Path, config_file: Path, shared_redis: str, tmp_path: Path
 ) -> None:
-    meta = start(shared_redis, repo, config_file, tmp_path / "out", "graph-1")
+    meta = enqueue_run(shared_redis, repo, config_file, tmp_path / "out", "graph-1")
     conn = redis.Redis.from_url(shared_redis)
     roles = [
         "architect",
@@ -151,7 +117,7 @@ def test_loop_jobs_graph_ids_payloads_and_blobs(
         for h in (meta.config_blob, meta.constitution_blob, meta.snapshot_blob, meta.paths_blob)
     )
     # A second run over the same inputs stores no new blob.
-    start(shared_redis, repo, config_file, tmp_path / "out2", "graph-2")
+    enqueue_run(shared_redis, repo, config_file, tmp_path / "out2", "graph-2")
     assert sorted(k.decode() for k in conn.keys("moneta:blob:*")) == blob_keys
 
     # Status lists every (loop, role) of the run.
@@ -178,7 +144,7 @@ def test_status_after_run_and_reexecuted_job_replaces_its_findings(
     expected = embedded_run(repo, config_file, tmp_path / "embedded", env)
     # Hold loop 1's adversarial call so the loop cannot close while a role job re-runs.
     stub.hold(role="adversarial", loop=1)
-    start(shared_redis, repo, config_file, tmp_path / "out", "again-1")
+    enqueue_run(shared_redis, repo, config_file, tmp_path / "out", "again-1")
     workers.start_many(shared_redis, reviewers=2, synth=1)
     wait_until(lambda: stub.waiting() == 1, timeout=60, what="adversarial L1 held at the stub")
     conn = redis.Redis.from_url(shared_redis)
@@ -202,7 +168,7 @@ def test_status_after_run_and_reexecuted_job_replaces_its_findings(
     assert len([k for k in state.results() if k.startswith("L1:")]) == 7
     assert state.result(1, "architect")["findings_raw"] == first["findings_raw"]
     stub.release()
-    meta = wait_for_run(connect(shared_redis), "again-1", timeout=90)
+    meta = wait_run_end(shared_redis, "again-1", timeout=90)
     assert meta.status == "completed", meta.error
     got = read_tree(tmp_path / "out")
     for name in ("findings.jsonl", "findings.invalid.jsonl", "findings.dropped.jsonl"):
@@ -237,7 +203,7 @@ def test_poison_job_fails_with_its_reason_in_the_loop_markdown(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
-    start(shared_redis, repo, config_file, out, "poison-1")
+    enqueue_run(shared_redis, repo, config_file, out, "poison-1")
     conn = redis.Redis.from_url(shared_redis)
     # Corrupt one queued job's payload so it raises on every attempt.
     job = Job.fetch("poison-1_L1_persistence", connection=conn, serializer=JSONSerializer)
@@ -245,7 +211,7 @@ def test_poison_job_fails_with_its_reason_in_the_loop_markdown(
     job.args = ["poison-1", "1", "persistence", "moneta"]
     job.save()
     workers.start_many(shared_redis, reviewers=2, synth=1)
-    meta = wait_for_run(connect(shared_redis), "poison-1", timeout=120)
+    meta = wait_run_end(shared_redis, "poison-1", timeout=120)
     assert meta.status == "completed", meta.error + workers.logs()
 
     job = Job.fetch("poison-1_L1_persistence", connection=conn, serializer=JSONSerializer)

@@ -16,46 +16,29 @@ from pathlib import Path
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from orchestrator.config import load_config
-from orchestrator.distributed import connect, start_run, wait_for_run
 from orchestrator.runstate import RunState
-from tests.distributed.support import (
+from tests.support.messages_stub import MessagesStub
+from tests.support.redis_server import RedisServer, wait_until
+from tests.support.review_processes import (
     CLI,
     ROOT,
-    RedisServer,
     Workers,
+    embedded_run,
+    enqueue_run,
     read_tree,
+    run_args,
     run_cli,
-    wait_until,
+    wait_run_end,
 )
-from tests.support.messages_stub import MessagesStub
 
 
 def clean_run(
     stub: MessagesStub, repo: Path, config_file: Path, out: Path, env: dict[str, str]
 ) -> dict[str, bytes]:
     """An embedded run's files; the stub's prompt cache is emptied after it."""
-    done = run_cli(
-        ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)], env
-    )
-    assert done.returncode == 0, done.stderr
+    files = embedded_run(repo, config_file, out, env)
     stub.clear_cache()
-    return read_tree(out)
-
-
-def enqueue(url: str, repo: Path, config_file: Path, out: Path, run_id: str) -> None:
-    conn = connect(url)
-    try:
-        start_run(
-            conn,
-            repo=repo,
-            config=load_config(config_file),
-            out_dir=out,
-            backend="anthropic",
-            run_id=run_id,
-        )
-    finally:
-        conn.close()
+    return files
 
 
 def assert_same_files(got: dict[str, bytes], expected: dict[str, bytes]) -> None:
@@ -84,7 +67,7 @@ def test_sigkilled_reviewer_job_is_rerun_by_another_worker_nothing_lost_or_dupli
     before = len(stub.recorded())
     stub.hold(role="usd", loop=1)  # the usd reviewer's call hangs until released
     out = tmp_path / "out"
-    enqueue(own_redis.url, repo, config_file, out, "kill-1")
+    enqueue_run(own_redis.url, repo, config_file, out, "kill-1")
     workers.start_many(own_redis.url, reviewers=2, synth=1)
     wait_until(lambda: stub.waiting() == 1, timeout=60, what="usd L1 call in flight")
     conn = own_redis.client()
@@ -95,7 +78,7 @@ def test_sigkilled_reviewer_job_is_rerun_by_another_worker_nothing_lost_or_dupli
     assert len(killed) == 2  # the worker and the work horse running the job
     stub.release()
 
-    meta = wait_for_run(connect(own_redis.url), "kill-1", timeout=180)
+    meta = wait_run_end(own_redis.url, "kill-1", timeout=180)
     assert meta.status == "completed", meta.error + workers.logs()
     assert_same_files(read_tree(out), expected)
     state = RunState(conn, "kill-1")
@@ -122,7 +105,7 @@ def test_redis_killed_and_restarted_mid_run_completes_with_correct_outputs(
     expected = clean_run(stub, repo, config_file, tmp_path / "clean", env)
     stub.latency = 0.2
     out = tmp_path / "out"
-    enqueue(own_redis.url, repo, config_file, out, "crash-1")
+    enqueue_run(own_redis.url, repo, config_file, out, "crash-1")
     workers.start_many(own_redis.url, reviewers=3, synth=1)
     conn = own_redis.client()
     state = RunState(conn, "crash-1")
@@ -134,7 +117,7 @@ def test_redis_killed_and_restarted_mid_run_completes_with_correct_outputs(
     state = RunState(conn, "crash-1")
     assert state.closed_loops()[:1] == [1]  # loop 1's close survived in the AOF
 
-    meta = wait_for_run(connect(own_redis.url), "crash-1", timeout=240)
+    meta = wait_run_end(own_redis.url, "crash-1", timeout=240)
     assert meta.status == "completed", meta.error + workers.logs()
     got = read_tree(out)
     for name in ("findings.jsonl", "findings.invalid.jsonl", "findings.dropped.jsonl"):
@@ -172,17 +155,7 @@ def test_orchestrator_killed_after_enqueue_run_completes_and_resume_is_a_noop(
     orchestrator = subprocess.Popen(
         [
             *CLI,
-            "run",
-            "--repo",
-            str(repo),
-            "--config",
-            str(config_file),
-            "--out",
-            str(out),
-            "--redis-url",
-            own_redis.url,
-            "--run-id",
-            "orph-1",
+            *run_args(repo, config_file, out, "--redis-url", own_redis.url, "--run-id", "orph-1"),
         ],
         env=env,
         cwd=ROOT,
@@ -195,7 +168,7 @@ def test_orchestrator_killed_after_enqueue_run_completes_and_resume_is_a_noop(
     assert orchestrator.wait(timeout=10) == -signal.SIGKILL
     workers.start_many(own_redis.url, reviewers=3, synth=1)
 
-    meta = wait_for_run(connect(own_redis.url), "orph-1", timeout=180)
+    meta = wait_run_end(own_redis.url, "orph-1", timeout=180)
     assert meta.status == "completed", meta.error + workers.logs()
     assert_same_files(read_tree(out), expected)
 
@@ -236,7 +209,7 @@ def test_resume_recreates_jobs_lost_with_redis_state(
     """A job lost from Redis is recreated, and the jobs waiting on it re-registered."""
     expected = clean_run(stub, repo, config_file, tmp_path / "clean", env)
     out = tmp_path / "out"
-    enqueue(own_redis.url, repo, config_file, out, "lost-1")
+    enqueue_run(own_redis.url, repo, config_file, out, "lost-1")
     conn = own_redis.client()
     # The usd job is lost; the adversarial and synth jobs waiting on it are still there.
     Job.fetch("lost-1_L1_usd", connection=conn, serializer=JSONSerializer).delete()
@@ -249,7 +222,7 @@ def test_resume_recreates_jobs_lost_with_redis_state(
         done.stderr
     )
     workers.start_many(own_redis.url, reviewers=2, synth=1)
-    meta = wait_for_run(connect(own_redis.url), "lost-1", timeout=180)
+    meta = wait_run_end(own_redis.url, "lost-1", timeout=180)
     assert meta.status == "completed", meta.error + workers.logs()
     assert_same_files(read_tree(out), expected)
     conn.close()

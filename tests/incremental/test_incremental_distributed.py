@@ -4,28 +4,17 @@ config, so queued synthesis jobs judge exactly as the embedded run does."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from synth.outputs import read_jsonl
-from tests.distributed.support import ROOT, RedisServer, Workers, run_cli
 from tests.incremental.gitrepo import commit_all, init_repo
 from tests.incremental.test_incremental_run import answer_v2, edit_v2
 from tests.review.engine_support import make_repo, scripted_answer, write_config
 from tests.support.messages_stub import MessagesStub
+from tests.support.redis_server import redis_server
+from tests.support.review_processes import review_env, run_cli, running_workers
 
 COMPARED = ("findings.jsonl", "findings.dropped.jsonl", "findings.invalid.jsonl")
-
-
-def stub_env(stub: MessagesStub) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
-    env.update(
-        ANTHROPIC_API_KEY="test-key",
-        ANTHROPIC_BASE_URL=stub.url,
-        PYTHONPATH=str(ROOT),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def test_distributed_since_run_equals_the_embedded_one(tmp_path: Path) -> None:
@@ -35,18 +24,19 @@ def test_distributed_since_run_equals_the_embedded_one(tmp_path: Path) -> None:
     base = ["run", "--repo", str(repo), "--config", str(config), "--max-loops", "1"]
     first, embedded, distributed = tmp_path / "first", tmp_path / "embedded", tmp_path / "dist"
     with MessagesStub(answer=scripted_answer) as stub:
-        done = run_cli([*base, "--out", str(first)], stub_env(stub))
+        done = run_cli([*base, "--out", str(first)], review_env(stub.url))
         assert done.returncode == 0, done.stderr
     edit_v2(repo)
     since = ["--since", "v1", "--previous", str(first)]
     sarif = ["--run-id", "since-1", "--format", "sarif"]
     with MessagesStub(answer=answer_v2) as stub:
-        env = stub_env(stub)
+        env = review_env(stub.url)
         done = run_cli([*base, *since, "--out", str(embedded)], env)
         assert done.returncode == 0, done.stderr
-        server = RedisServer(tmp_path / "redis").start()
-        workers = Workers(env, tmp_path / "worker-logs")
-        try:
+        with (
+            redis_server(tmp_path / "redis") as server,
+            running_workers(env, tmp_path / "worker-logs") as workers,
+        ):
             workers.start_many(server.url, reviewers=2, synth=1)
             done = run_cli(
                 [*base, *since, "--out", str(distributed), "--redis-url", server.url, *sarif],
@@ -54,9 +44,6 @@ def test_distributed_since_run_equals_the_embedded_one(tmp_path: Path) -> None:
                 timeout=240,
             )
             assert done.returncode == 0, done.stderr + workers.logs()
-        finally:
-            workers.stop_all()
-            server.stop()
         assert len(stub.recorded(status=200)) == 16
     for name in COMPARED:
         assert (distributed / name).read_bytes() == (embedded / name).read_bytes(), name

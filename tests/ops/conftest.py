@@ -6,60 +6,24 @@ machine Redis), so they cannot disturb, or be disturbed by, other suites.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.distributed.support import ROOT, RedisServer, Workers
-from tests.review.engine_support import make_repo, scripted_answer, write_config
+from tests.review.engine_support import scripted_answer
 from tests.support.messages_stub import MessagesStub
+from tests.support.review_fixtures import (  # noqa: F401 (fixtures used by the tests here)
+    config_file,
+    env,
+    own_redis,
+    repo,
+    workers,
+)
 
 
 @pytest.fixture
 def stub() -> Iterator[MessagesStub]:
+    """The shared stub, and no answer that failed to build in any test here."""
     with MessagesStub(answer=scripted_answer) as s:
         yield s
         assert s.answer_errors == []
-
-
-@pytest.fixture
-def env(stub: MessagesStub) -> dict[str, str]:
-    """Environment of every process a test starts: the stub as the Anthropic API."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
-    e.update(
-        ANTHROPIC_API_KEY="test-key",
-        ANTHROPIC_BASE_URL=stub.url,
-        PYTHONPATH=str(ROOT),
-        PYTHONUNBUFFERED="1",
-    )
-    return e
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo")
-
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    return write_config(tmp_path / "fast.toml")
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def workers(env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(env, tmp_path / "worker-logs")
-    try:
-        yield w
-    finally:
-        w.stop_all()

@@ -15,7 +15,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.metrics import MetricsCollector, Recorder, registry_for
-from tests.distributed.support import ROOT, RedisServer, free_port, wait_until
+from tests.support.redis_server import RedisServer, free_port, redis_server, wait_until
+from tests.support.review_processes import ROOT
 
 GRAFANA = ROOT / "docs" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "moneta-review.json"
@@ -59,11 +60,8 @@ def metric_names_in(expr: str) -> set[str]:
 
 
 def test_every_dashboard_query_names_a_metric_the_exporter_serves(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
+    with redis_server(tmp_path / "redis") as server:
         served = served_names(server.url)
-    finally:
-        server.stop()
     dash = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     assert len(exprs) >= 12

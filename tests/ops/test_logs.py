@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.logs import CONTEXT_KEYS, configure_logging, log_context
-from tests.distributed.support import RedisServer, Workers, run_cli
 from tests.review.engine_support import ROLE_ORDER
 from tests.support.messages_stub import MessagesStub
+from tests.support.redis_server import RedisServer
+from tests.support.review_processes import Workers, run_args, run_cli
 
 KEYS = {"ts", "level", "logger", "msg", *CONTEXT_KEYS}
 
@@ -58,7 +59,7 @@ def test_embedded_run_logs_one_json_line_per_event_with_its_job(
     stub: MessagesStub, env: dict[str, str], repo: Path, config_file: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    args = run_args(repo, config_file, out)
     done = run_cli(["--log-format", "json", *args, "--max-loops", "1"], env)
     assert done.returncode == 0, done.stderr
     records = json_lines(done.stderr)
@@ -89,7 +90,7 @@ def test_worker_lines_during_a_job_carry_its_run_loop_role_and_id(
     env["MONETA_LOG_FORMAT"] = "json"  # the workers' environment
     workers.start_many(own_redis.url, reviewers=2, synth=1)
     out = tmp_path / "out"
-    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    args = run_args(repo, config_file, out)
     done = run_cli(
         [*args, "--redis-url", own_redis.url, "--run-id", "lg1", "--max-loops", "1"], env
     )

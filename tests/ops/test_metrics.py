@@ -16,16 +16,9 @@ from orchestrator.cost import config_price, usage_cost
 from orchestrator.metrics import LATENCY_BUCKETS, MemoryStore, Recorder, registry_for
 from orchestrator.runstate import RunState
 from synth.outputs import read_jsonl
-from tests.distributed.support import (
-    CLI,
-    ROOT,
-    RedisServer,
-    Workers,
-    free_port,
-    run_cli,
-    wait_until,
-)
 from tests.support.messages_stub import MessagesStub, Reply
+from tests.support.redis_server import RedisServer, free_port, wait_until
+from tests.support.review_processes import CLI, ROOT, Workers, run_args, run_cli
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 KINDS = ("input", "output", "cache_write", "cache_read")
@@ -103,20 +96,9 @@ def test_exporter_numbers_match_a_distributed_run_while_it_runs_and_after(
     workers.start_many(own_redis.url, reviewers=2, synth=1)
     out = tmp_path / "out"
     done = run_cli(
-        [
-            "run",
-            "--repo",
-            str(repo),
-            "--config",
-            str(config_file),
-            "--out",
-            str(out),
-            "--redis-url",
-            own_redis.url,
-            "--run-id",
-            "ops1",
-            "--no-wait",
-        ],
+        run_args(
+            repo, config_file, out, "--redis-url", own_redis.url, "--run-id", "ops1", "--no-wait"
+        ),
         env,
     )
     assert done.returncode == 0, done.stderr
@@ -214,7 +196,7 @@ def test_abandoned_job_is_counted_once_it_is_requeued(
     stub.hold(role="substrate", loop=1)
     workers.start_many(own_redis.url, reviewers=1, synth=1)
     out = tmp_path / "out"
-    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    args = run_args(repo, config_file, out)
     done = run_cli([*args, "--redis-url", own_redis.url, "--run-id", "ops2", "--no-wait"], env)
     assert done.returncode == 0, done.stderr
     wait_until(lambda: stub.waiting() >= 1, timeout=30, what="the substrate call to be held")
@@ -268,7 +250,7 @@ def test_embedded_run_serves_its_own_metrics_while_it_runs(
     stub.hold(loop=2)
     port = free_port()
     out = tmp_path / "out"
-    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    args = run_args(repo, config_file, out)
     proc = subprocess.Popen(
         [*CLI, *args, "--max-loops", "2", "--metrics-port", str(port)],
         env=env,

@@ -14,9 +14,10 @@ from typing import Any
 from orchestrator.config import load_config
 from orchestrator.cost import config_price, usage_cost
 from orchestrator.runstate import RunState
-from tests.distributed.support import CLI, ROOT, RedisServer, Workers, run_cli, wait_until
 from tests.review.engine_support import ROLE_ORDER, scripted_findings
 from tests.support.messages_stub import MessagesStub
+from tests.support.redis_server import RedisServer, wait_until
+from tests.support.review_processes import CLI, ROOT, Workers, run_args, run_cli
 
 KINDS = ("input", "output", "cache_write", "cache_read")
 
@@ -54,7 +55,7 @@ def test_embedded_run_status_from_its_output_directory(
     stub: MessagesStub, env: dict[str, str], repo: Path, config_file: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    args = run_args(repo, config_file, out)
     done = run_cli([*args, "--max-loops", "2"], env)
     assert done.returncode == 0, done.stderr
     # Not a terminal: plain log lines, no progress bars.
@@ -93,7 +94,7 @@ def test_distributed_run_status_joins_jobs_results_and_timings(
 ) -> None:
     workers.start_many(own_redis.url, reviewers=3, synth=1)
     out = tmp_path / "out"
-    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    args = run_args(repo, config_file, out)
     done = run_cli([*args, "--redis-url", own_redis.url, "--run-id", "st1"], env, timeout=180)
     assert done.returncode == 0, done.stderr + workers.logs()
     conn = own_redis.client()
@@ -156,7 +157,7 @@ def test_on_a_terminal_a_run_shows_progress_bars_and_status_a_table(
     stub: MessagesStub, env: dict[str, str], repo: Path, config_file: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    args = run_args(repo, config_file, out)
     code, screen = _pty_run([*CLI, *args, "--max-loops", "2"], env)
     assert code == 0, screen
     assert "\x1b[" in screen  # drawn, not logged
@@ -176,7 +177,7 @@ def test_a_resumed_embedded_run_shows_the_loops_of_earlier_invocations(
     stub: MessagesStub, env: dict[str, str], repo: Path, config_file: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    args = run_args(repo, config_file, out)
     first = run_cli([*args, "--max-loops", "1"], env)
     assert first.returncode == 0, first.stderr
     second = run_cli([*args, "--max-loops", "2", "--resume"], env)
@@ -201,7 +202,7 @@ def test_status_watch_follows_a_running_run_until_it_ends(
 ) -> None:
     out = tmp_path / "out"
     stub.hold(loop=2)
-    args = ["run", "--repo", str(repo), "--config", str(config_file), "--out", str(out)]
+    args = run_args(repo, config_file, out)
     run = subprocess.Popen(
         [*CLI, *args, "--max-loops", "2"],
         env=env,

@@ -374,12 +374,20 @@ class Moneta:
         return [(float(scores[r]), hot.memory(int(r), float(utility[r]))) for r in top]
 
     def _search_cold(self, query: np.ndarray, limit: int) -> list[tuple[float, Memory]]:
-        found = self._index.search(query, limit * _COLD_OVERFETCH, states=_CONSOLIDATED)
+        """Cold hits ranked by cosine x utility. A consolidated memory's utility is frozen,
+        so the index ranks by it (weighted search); the over-fetch leaves room for a cold
+        copy whose utility an operator changed since, re-scored here exactly."""
+        found = self._index.search(
+            query, limit * _COLD_OVERFETCH, states=_CONSOLIDATED, weighted=True
+        )
         records = _cold_copies(self._parts.target, [record for record, _ in found])
-        return [
-            (cosine * record.utility, _to_memory(record))
-            for record, (_, cosine) in zip(records, found, strict=True)
-        ]
+        hits = []
+        for record in records:
+            vector = np.asarray(record.vector, dtype=np.float32)
+            norm = float(np.linalg.norm(vector))
+            cosine = float(np.dot(vector, query)) / norm if norm > 0 else 0.0
+            hits.append((cosine * record.utility, _to_memory(record)))
+        return hits
 
     def _merge(
         self,

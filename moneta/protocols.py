@@ -90,7 +90,7 @@ class VectorIndex(Protocol):
 
     Writes are buffered and become durable at ``commit()`` (group commit); the
     handle's write-ahead log covers the window between an acknowledged deposit and
-    its commit. ``search`` scores by cosine similarity.
+    its commit. ``search`` scores by cosine similarity, or by cosine x stored utility.
     """
 
     @property
@@ -120,8 +120,15 @@ class VectorIndex(Protocol):
         limit: int,
         *,
         states: frozenset[EntityState] | None = None,
+        weighted: bool = False,
     ) -> list[tuple[VectorRecord, float]]:
-        """Top `limit` records by cosine similarity (best first), optionally by state."""
+        """Top `limit` records (best first), optionally by state.
+
+        Scored by cosine similarity, or with ``weighted`` by cosine x the record's stored
+        utility: the handle's cold ranking (DESIGN §1.1), exact for consolidated rows
+        because their utility is frozen while they are cold, so an index can rank by
+        it instead of re-ranking a cosine shortlist that misses high-utility rows.
+        """
         ...
 
     def count(self) -> int:

@@ -1,4 +1,4 @@
-"""In-memory ``VectorIndex``: exact cosine search over numpy columns.
+"""In-memory ``VectorIndex``: exact cosine (or cosine x utility) search over numpy columns.
 
 Used by ``memory://`` stores (and wherever no persistent backend is configured).
 Nothing here survives the process.
@@ -160,13 +160,16 @@ class _Partition:
             usd_link=self.links[row],
         )
 
-    def top(self, query: np.ndarray, limit: int) -> list[tuple[float, int]]:
-        """(cosine, row) of the best ``limit`` rows, best first."""
+    def top(self, query: np.ndarray, limit: int, weighted: bool) -> list[tuple[float, int]]:
+        """(score, row) of the best ``limit`` rows, best first: cosine, or with
+        ``weighted`` cosine x utility."""
         n = self.n
         if n == 0:
             return []
         scores = self.vectors[:n] @ query
         scores *= self.inv_norm[:n]
+        if weighted:
+            scores = scores * self.utility[:n]
         k = min(limit, n)
         top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
         top = top[np.argsort(-scores[top], kind="stable")]
@@ -283,7 +286,9 @@ class InMemoryVectorIndex:
         limit: int,
         *,
         states: frozenset[EntityState] | None = None,
+        weighted: bool = False,
     ) -> list[tuple[VectorRecord, float]]:
+        """Exact top `limit` by cosine, or with ``weighted`` by cosine x stored utility."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         with self._lock:
@@ -298,7 +303,11 @@ class InMemoryVectorIndex:
             norm = math.sqrt(float(np.dot(query, query)))
             if norm > 0:
                 query = query / norm
-            hits = [(score, part, row) for part in parts for score, row in part.top(query, limit)]
+            hits = [
+                (score, part, row)
+                for part in parts
+                for score, row in part.top(query, limit, weighted)
+            ]
             hits.sort(key=lambda hit: hit[0], reverse=True)
             return [(part.record(row), score) for score, part, row in hits[:limit]]
 

@@ -32,7 +32,7 @@ from orchestrator.config import (
     load_config,
     match_glob,
 )
-from orchestrator.cost import BudgetExceeded, count_tokens_sdk, dry_run_prompts, price_plan
+from orchestrator.cost import BudgetExceeded, count_tokens_sdk, price_plan
 from orchestrator.distributed_cli import (
     default_prefix,
     run_distributed,
@@ -41,7 +41,7 @@ from orchestrator.distributed_cli import (
 from orchestrator.incremental import IncrementalError, incremental_scope, with_scope
 from orchestrator.logs import LOG_FORMATS, configure_logging
 from orchestrator.metrics import embedded_metrics, metrics_command
-from orchestrator.plan import DriftError, dry_run_plan, prepare_run
+from orchestrator.plan import DriftError, dry_run_plan, dry_run_prompts, prepare_run
 from orchestrator.run import RunError, RunOptions, run_review
 from orchestrator.snapshot import SnapshotError
 from orchestrator.status_view import embedded_observer

@@ -27,15 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.config import ReviewConfig, default_config_path, parse_config
 from workers.backends import USAGE_KEYS, Backend, ModelAnswer, OnStarted
 from workers.prompts import ReviewerPrompt
 from workers.retry import ModelCallError
-
-if TYPE_CHECKING:
-    from orchestrator.plan import RunInputs
 
 MTOK = 1_000_000
 BYTES_PER_TOKEN_ESTIMATE = 4.0
@@ -213,31 +210,6 @@ def count_tokens_sdk(prompts: Sequence[ReviewerPrompt], model: str) -> list[int]
     finally:
         client.close()
     return counts
-
-
-def dry_run_prompts(inputs: RunInputs, max_loops: int | None = None) -> list[ReviewerPrompt]:
-    """The prompts of `plan.dry_run_plan`'s calls, in the same order (for token counting)."""
-    from orchestrator.plan import DRY_RUN_HANDOFF, role_jobs
-    from workers.prompts import build_prompt
-
-    config = inputs.config
-    first = inputs.loops()[0]
-    out: list[ReviewerPrompt] = []
-    for loop in inputs.loops(max_loops):
-        prior = None if loop == first else DRY_RUN_HANDOFF
-        out += [ReviewerPrompt.from_dict(j["prompt"]) for j in role_jobs(inputs, loop, prior, "-")]
-        out.append(
-            build_prompt(
-                config,
-                role=config.adversarial,
-                theme=config.theme_for(loop),
-                system=inputs.system,
-                snapshot=inputs.snapshot.text,
-                prior_synthesis=prior,
-                role_findings=[],
-            )
-        )
-    return out
 
 
 def price_plan(

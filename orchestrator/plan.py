@@ -13,13 +13,13 @@ here, so both send byte-identical prompts and the same JSON payloads:
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import ReviewConfig
+from orchestrator.cost import BYTES_PER_TOKEN_ESTIMATE, estimate_tokens
 from orchestrator.snapshot import Snapshot, snapshot_for_run
 from synth.loop import filter_scope, ordered_reviewers, validate_results
 from workers.backends import CallSettings
@@ -27,8 +27,6 @@ from workers.prompts import ReviewerPrompt, build_prompt, system_text
 from workers.result import ReviewerResult
 
 HASH_HEX_CHARS = 16
-BYTES_PER_TOKEN_ESTIMATE = 4.0
-"""Dry-run token estimate: UTF-8 bytes per token (English prose and code average ~4)."""
 
 
 class DriftError(RuntimeError):
@@ -217,59 +215,51 @@ def synth_job(
 
 # --- dry runs ------------------------------------------------------------------------------
 
-PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
-    "opus": (5.0, 25.0),
-    "sonnet": (3.0, 15.0),
-    "haiku": (1.0, 5.0),
-}
-"""Assumed list prices (USD per million input, output tokens) by model family."""
-
-
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN_ESTIMATE)
-
-
-def model_prices(model: str) -> tuple[float, float] | None:
-    for family, prices in PRICES_PER_MTOK.items():
-        if family in model:
-            return prices
-    return None
-
-
 DRY_RUN_HANDOFF = (
     "(The previous loop's synthesis goes here in a real run; a dry run makes no model "
     "call, so its size is not counted.)"
 )
 
 
+def dry_run_loop_prompts(inputs: RunInputs, loop: int) -> list[ReviewerPrompt]:
+    """The prompts of loop `loop`'s calls as a dry run sees them: the role reviewers,
+    then the adversarial reviewer without role findings (unknown before the run)."""
+    config = inputs.config
+    prior = None if loop == inputs.loops()[0] else DRY_RUN_HANDOFF
+    jobs = role_jobs(inputs, loop, prior, "dry-run")
+    adv = build_prompt(
+        config,
+        role=config.adversarial,
+        theme=config.theme_for(loop),
+        system=inputs.system,
+        snapshot=inputs.snapshot.text,
+        prior_synthesis=prior,
+        role_findings=[],
+    )
+    return [ReviewerPrompt.from_dict(j["prompt"]) for j in jobs] + [adv]
+
+
+def dry_run_prompts(inputs: RunInputs, max_loops: int | None = None) -> list[ReviewerPrompt]:
+    """The prompts of `dry_run_plan`'s calls, in the same order (for token counting)."""
+    return [p for loop in inputs.loops(max_loops) for p in dry_run_loop_prompts(inputs, loop)]
+
+
 def dry_run_plan(inputs: RunInputs, max_loops: int | None = None) -> dict[str, Any]:
-    """Every call a run would make, with prompt sizes, token and cost estimates.
+    """Every call a run would make, with prompt sizes and token estimates.
 
     Caching follows the run's order: the first call writes the shared prefix
     (system + snapshot), every later call reads it; loop blocks and tasks are input. The adversarial
     reviewer's role findings and later loops' handoffs are unknown before the run and
-    are not counted; output is priced at the full output budget (an upper bound).
+    are not counted; output is counted at the full output budget (an upper bound).
+    `orchestrator.cost.price_plan` prices the plan from the config's `[prices]` table,
+    the one source of model prices.
     """
     config = inputs.config
-    write_factor = 2.0 if config.cache_ttl == "1h" else 1.25
     calls: list[dict[str, Any]] = []
     totals = {"input": 0, "cache_write": 0, "cache_read": 0, "output_max": 0}
     prefix_written = False
     for loop in inputs.loops(max_loops):
-        prior = None if loop == inputs.loops()[0] else DRY_RUN_HANDOFF
-        jobs = role_jobs(inputs, loop, prior, "dry-run")
-        theme = config.theme_for(loop)
-        adv = build_prompt(
-            config,
-            role=config.adversarial,
-            theme=theme,
-            system=inputs.system,
-            snapshot=inputs.snapshot.text,
-            prior_synthesis=prior,
-            role_findings=[],
-        )
-        prompts = [ReviewerPrompt.from_dict(j["prompt"]) for j in jobs] + [adv]
-        for p in prompts:
+        for p in dry_run_loop_prompts(inputs, loop):
             shared = estimate_tokens(p.system) + estimate_tokens(p.snapshot)
             loop_tokens = estimate_tokens(p.loop_block)
             task = estimate_tokens(p.task)
@@ -289,24 +279,6 @@ def dry_run_plan(inputs: RunInputs, max_loops: int | None = None) -> dict[str, A
             calls.append(row)
             for k in ("input", "cache_write", "cache_read", "output_max"):
                 totals[k] += row[k]
-    prices = model_prices(config.model)
-    cost = None
-    if prices is not None:
-        p_in, p_out = prices
-        cost = {
-            "input_usd": round(
-                (
-                    totals["input"]
-                    + totals["cache_write"] * write_factor
-                    + totals["cache_read"] * 0.1
-                )
-                * p_in
-                / 1e6,
-                4,
-            ),
-            "output_max_usd": round(totals["output_max"] * p_out / 1e6, 4),
-            "assumed_prices_per_mtok": {"input": p_in, "output": p_out},
-        }
     return {
         "model": config.model,
         "constitution_hash": inputs.constitution_hash,
@@ -317,6 +289,6 @@ def dry_run_plan(inputs: RunInputs, max_loops: int | None = None) -> dict[str, A
         },
         "calls": calls,
         "totals": {"calls": len(calls), **totals},
-        "cost_estimate": cost,
+        "cost_estimate": None,  # priced by `orchestrator.cost.price_plan`
         "bytes_per_token_estimate": BYTES_PER_TOKEN_ESTIMATE,
     }

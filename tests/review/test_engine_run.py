@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from orchestrator.checkpoint import clear_run_files, load_checkpoint
+from orchestrator.cost import price_plan
 from orchestrator.plan import DriftError, dry_run_plan, prepare_run
 from orchestrator.run import RunError, RunOptions, run_review
 from synth.outputs import read_jsonl
@@ -289,7 +290,7 @@ async def test_adversarial_prompt_carries_this_loops_role_findings(
 
 def test_dry_run_reports_every_call_without_calling(stub: MessagesStub, repo: Path) -> None:
     inputs = prepare_run(repo, fast_config(), Path("docs/review"))
-    plan = dry_run_plan(inputs)
+    plan = price_plan(dry_run_plan(inputs), inputs.config)
     assert plan["totals"]["calls"] == 40
     assert len(stub.recorded()) == 0
     first, second = plan["calls"][0], plan["calls"][1]

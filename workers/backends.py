@@ -58,6 +58,20 @@ class ModelAnswer:
     stop_reason: str | None
     usage: dict[str, int]
 
+    @classmethod
+    def from_message(cls, message: Any) -> ModelAnswer:
+        """The text blocks, stop reason and usage (in `USAGE_KEYS` terms) of an SDK
+        `Message`, whether it came from a stream or from a batch result."""
+        text = "".join(b.text for b in message.content if getattr(b, "type", None) == "text")
+        u = message.usage
+        usage = {
+            "input": u.input_tokens or 0,
+            "output": u.output_tokens or 0,
+            "cache_write": u.cache_creation_input_tokens or 0,
+            "cache_read": u.cache_read_input_tokens or 0,
+        }
+        return cls(text, message.stop_reason, usage)
+
 
 class Backend(Protocol):
     async def complete(self, prompt: ReviewerPrompt, on_started: OnStarted | None) -> ModelAnswer:
@@ -112,15 +126,7 @@ class AnthropicBackend:
                     if on_started is not None:
                         on_started()
             message = await stream.get_final_message()
-        text = "".join(b.text for b in message.content if getattr(b, "type", None) == "text")
-        u = message.usage
-        usage = {
-            "input": u.input_tokens or 0,
-            "output": u.output_tokens or 0,
-            "cache_write": u.cache_creation_input_tokens or 0,
-            "cache_read": u.cache_read_input_tokens or 0,
-        }
-        return ModelAnswer(text, message.stop_reason, usage)
+        return ModelAnswer.from_message(message)
 
     async def aclose(self) -> None:
         await self.client.close()

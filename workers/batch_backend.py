@@ -243,7 +243,7 @@ class AnthropicBatchBackend:
                 )
             elif result.type == "succeeded":
                 outcomes[e.custom_id] = "succeeded"
-                e.answer = _answer(result.message)
+                e.answer = ModelAnswer.from_message(result.message)
             else:
                 outcomes[e.custom_id] = str(result.type)
                 e.error = entry_error(e.custom_id, result)
@@ -272,18 +272,6 @@ class AnthropicBatchBackend:
 
     async def aclose(self) -> None:
         await self.client.close()
-
-
-def _answer(message: Any) -> ModelAnswer:
-    text = "".join(b.text for b in message.content if getattr(b, "type", None) == "text")
-    u = message.usage
-    usage = {
-        "input": u.input_tokens or 0,
-        "output": u.output_tokens or 0,
-        "cache_write": u.cache_creation_input_tokens or 0,
-        "cache_read": u.cache_read_input_tokens or 0,
-    }
-    return ModelAnswer(text, message.stop_reason, usage)
 
 
 # --- cost -------------------------------------------------------------------------------------

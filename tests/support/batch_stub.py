@@ -35,6 +35,7 @@ from tests.support.messages_stub import (
     RecordedRequest,
     _assignment,
     _Handler,
+    message_body,
 )
 
 CUSTOM_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -95,22 +96,8 @@ class BatchStub(MessagesStub):
         self._outcome_rules: list[_OutcomeRule] = []
         self._batch_lock = threading.Lock()
 
-    def start(self) -> BatchStub:
-        from http.server import ThreadingHTTPServer
-
-        stub = self
-
-        class Handler(_BatchHandler):
-            owner = stub
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def __enter__(self) -> BatchStub:
-        return self.start()
+    def handler_base(self) -> type[_Handler]:
+        return _BatchHandler
 
     def script_entries(
         self, outcomes: list[str], *, role: str | None = None, loop: int | None = None
@@ -169,21 +156,13 @@ class BatchStub(MessagesStub):
         usage, creates = self._cache_plan(params)
         usage["output"] = max(1, math.ceil(len(text.encode()) / self.bytes_per_token))
         self._register(creates)
-        message = {
-            "id": f"msg_stub_{batch_id}_{custom_id}",
-            "type": "message",
-            "role": "assistant",
-            "model": params.get("model", "stub"),
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": reply.stop_reason,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": usage["input"],
-                "output_tokens": usage["output"],
-                "cache_creation_input_tokens": usage["cache_write"],
-                "cache_read_input_tokens": usage["cache_read"],
-            },
-        }
+        message = message_body(
+            f"msg_stub_{batch_id}_{custom_id}",
+            params.get("model", "stub"),
+            text,
+            reply.stop_reason,
+            usage,
+        )
         return BatchEntry(
             batch_id,
             custom_id,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 ASSIGNMENT_RE = re.compile(r'<assignment role="([a-z]+)" loop="(\d+)"')
 EMPTY_ANSWER = "Nothing to report.\n\n```json\n[]\n```\n"
@@ -130,6 +130,28 @@ def _blocks(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+def message_body(
+    message_id: str, model: str, text: str, stop_reason: str | None, usage: dict[str, int]
+) -> dict[str, Any]:
+    """A complete `Message` as the API returns it (plain JSON reply or a batch result),
+    with `usage` given in `USAGE_KEYS` terms (input, output, cache_write, cache_read)."""
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": usage["input"],
+            "output_tokens": usage["output"],
+            "cache_creation_input_tokens": usage["cache_write"],
+            "cache_read_input_tokens": usage["cache_read"],
+        },
+    }
+
+
 class MessagesStub:
     """The server. Use as a context manager; `url` is the base URL for the SDK."""
 
@@ -159,13 +181,15 @@ class MessagesStub:
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> MessagesStub:
-        stub = self
+    def handler_base(self) -> type[BaseHTTPRequestHandler]:
+        """The request handler class this stub serves with; a subclass adding endpoints
+        returns its own handler, and `start` serves it the same way."""
+        return _Handler
 
-        class Handler(_Handler):
-            owner = stub
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    def start(self) -> Self:
+        # A handler class per stub, so concurrent stubs never share an `owner`.
+        handler = type("Handler", (self.handler_base(),), {"owner": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -178,7 +202,7 @@ class MessagesStub:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> MessagesStub:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -412,21 +436,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _message(
         self, record: RecordedRequest, text: str, reply: Reply, usage: dict[str, int]
     ) -> dict[str, Any]:
-        return {
-            "id": f"msg_stub_{len(self.owner.requests)}",
-            "type": "message",
-            "role": "assistant",
-            "model": record.payload.get("model", "stub"),
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": reply.stop_reason,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": usage["input"],
-                "output_tokens": usage["output"],
-                "cache_creation_input_tokens": usage["cache_write"],
-                "cache_read_input_tokens": usage["cache_read"],
-            },
-        }
+        return message_body(
+            f"msg_stub_{len(self.owner.requests)}",
+            record.payload.get("model", "stub"),
+            text,
+            reply.stop_reason,
+            usage,
+        )
 
     def _json(
         self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None

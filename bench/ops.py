@@ -24,14 +24,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import anyio  # noqa: E402
 
 import orchestrator.run as run_mod  # noqa: E402
+from bench.review import stub_process  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.cost import cache_read_share  # noqa: E402
 from orchestrator.metrics import MemoryStore, Recorder, serve_metrics  # noqa: E402
@@ -49,38 +47,6 @@ from orchestrator.run import RunOptions, run_review  # noqa: E402
 
 WARM_MODES = ("none", "first", "each")
 TTFT = 0.5  # stub seconds before a response's first event: a model's time to first token
-
-
-@contextmanager
-def stub_process(latency: float, first_event_delay: float = 0.0) -> Iterator[str]:
-    """The stub in its own process (a fresh, empty prompt cache), answering as bench/review."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.messages_stub",
-            "--latency",
-            str(latency),
-            "--first-event-delay",
-            str(first_event_delay),
-            "--min-cacheable-tokens",
-            "4096",
-            "--answer",
-            "bench.review:stub_answer",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=30)
 
 
 _original_run_reviewers = run_mod._run_reviewers

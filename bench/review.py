@@ -106,8 +106,9 @@ def stub_answer() -> Any:
 
 
 @contextmanager
-def stub_process(latency: float) -> Iterator[str]:
-    """The stub in its own process, so its request parsing does not share our GIL."""
+def stub_process(latency: float, first_event_delay: float = 0.0) -> Iterator[str]:
+    """The stub in its own process (a fresh, empty prompt cache), so its request parsing
+    does not share our GIL; it answers with `stub_answer`. Yields the stub's URL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [
@@ -116,6 +117,8 @@ def stub_process(latency: float) -> Iterator[str]:
             "tests.support.messages_stub",
             "--latency",
             str(latency),
+            "--first-event-delay",
+            str(first_event_delay),
             "--min-cacheable-tokens",
             "4096",
             "--answer",

@@ -191,45 +191,39 @@ def _findings(add: Add, s: LoopSynthesis, config: ReviewConfig) -> None:
             add("")
 
 
-def _closures(add: Add, s: LoopSynthesis) -> None:
-    add("## Closures")
+def _table_section(add: Add, title: str, head: str, rule: str, rows: list[str]) -> None:
+    """A `## title` section: the Markdown table `head`/`rule`/`rows`, or "None." if empty."""
+    add(f"## {title}")
     add("")
-    if not s.closures:
+    if not rows:
         add("None.")
         add("")
         return
-    add("| closer | closes | status |")
-    add("|---|---|---|")
-    for (closer, closed), status in zip(s.closures, s.closure_status, strict=True):
-        add(f"| `{closer}` | `{closed}` | {status} |")
+    add(head)
+    add(rule)
+    for row in rows:
+        add(row)
     add("")
+
+
+def _closures(add: Add, s: LoopSynthesis) -> None:
+    rows = [
+        f"| `{closer}` | `{closed}` | {status} |"
+        for (closer, closed), status in zip(s.closures, s.closure_status, strict=True)
+    ]
+    _table_section(add, "Closures", "| closer | closes | status |", "|---|---|---|", rows)
 
 
 def _invalid(add: Add, s: LoopSynthesis) -> None:
-    add("## Invalid items")
-    add("")
-    if not s.invalid:
-        add("None.")
-        add("")
-        return
-    add("| reviewer | item | id | reason |")
-    add("|---|---:|---|---|")
+    rows = []
     for (raw, reason), (role, index) in zip(s.invalid, s.invalid_origin, strict=True):
         fid = raw.get("id") if isinstance(raw, dict) else None
         shown = f"`{cell(fid)}`" if isinstance(fid, str) and fid else "-"
-        add(f"| {role} | {'-' if index < 0 else index} | {shown} | {cell(reason)} |")
-    add("")
+        rows.append(f"| {role} | {'-' if index < 0 else index} | {shown} | {cell(reason)} |")
+    head = "| reviewer | item | id | reason |"
+    _table_section(add, "Invalid items", head, "|---|---:|---|---|", rows)
 
 
 def _dropped(add: Add, s: LoopSynthesis) -> None:
-    add("## Dropped")
-    add("")
-    if not s.dropped:
-        add("None.")
-        add("")
-        return
-    add("| id | file | reason |")
-    add("|---|---|---|")
-    for f, reason in s.dropped:
-        add(f"| `{f.id}` | `{cell(location(f))}` | {reason} |")
-    add("")
+    rows = [f"| `{f.id}` | `{cell(location(f))}` | {reason} |" for f, reason in s.dropped]
+    _table_section(add, "Dropped", "| id | file | reason |", "|---|---|---|", rows)

@@ -182,17 +182,27 @@ def adversarial_job(
     backend: str,
 ) -> dict[str, Any]:
     """Payload of the loop's adversarial reviewer, given the role reviewers' results."""
+    prompt = adversarial_prompt(inputs, loop, prior_synthesis, role_findings(inputs, loop, results))
+    return _payload(prompt, call_settings(inputs.config, backend))
+
+
+def adversarial_prompt(
+    inputs: RunInputs,
+    loop: int,
+    prior_synthesis: str | None,
+    findings: Sequence[dict[str, Any]],
+) -> ReviewerPrompt:
+    """The adversarial reviewer's prompt for loop `loop`, attacking `findings`."""
     config = inputs.config
-    prompt = build_prompt(
+    return build_prompt(
         config,
         role=config.adversarial,
         theme=config.theme_for(loop),
         system=inputs.system,
         snapshot=inputs.snapshot.text,
         prior_synthesis=prior_synthesis,
-        role_findings=role_findings(inputs, loop, results),
+        role_findings=findings,
     )
-    return _payload(prompt, call_settings(config, backend))
 
 
 def synth_job(
@@ -224,18 +234,9 @@ DRY_RUN_HANDOFF = (
 def dry_run_loop_prompts(inputs: RunInputs, loop: int) -> list[ReviewerPrompt]:
     """The prompts of loop `loop`'s calls as a dry run sees them: the role reviewers,
     then the adversarial reviewer without role findings (unknown before the run)."""
-    config = inputs.config
     prior = None if loop == inputs.loops()[0] else DRY_RUN_HANDOFF
     jobs = role_jobs(inputs, loop, prior, "dry-run")
-    adv = build_prompt(
-        config,
-        role=config.adversarial,
-        theme=config.theme_for(loop),
-        system=inputs.system,
-        snapshot=inputs.snapshot.text,
-        prior_synthesis=prior,
-        role_findings=[],
-    )
+    adv = adversarial_prompt(inputs, loop, prior, [])
     return [ReviewerPrompt.from_dict(j["prompt"]) for j in jobs] + [adv]
 
 

@@ -127,7 +127,7 @@ def _queues(values: tuple[str, ...]) -> list[str]:
     multiple=True,
     default=("reviewer",),
     show_default=True,
-    help="Queue(s) to work: reviewer, synth (repeat, or comma-separate).",
+    help="Queue(s) to work: reviewer, synth, gist (repeat, or comma-separate).",
 )
 @click.option("--name", default=None, help="Worker name (default: queues-host-pid).")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")

@@ -6,8 +6,8 @@ authors real USD layers in a temporary store and reads them back from disk.
 
 from __future__ import annotations
 
+import functools
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ import pytest
 from moneta import Moneta, MonetaConfig, SleepPassReport
 from moneta.gist import GistLedger
 from tests.support.messages_stub import MessagesStub
+from tests.support.redis_server import wait_until as poll_until
 from workers.gist import GistSettings
 from workers.gist_dispatch import EmbeddedGistDispatcher
 
@@ -64,16 +65,8 @@ class Clock:
         return self.now
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
-    """Poll `predicate` until truthy; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.02)
+# Gist tests poll faster and give up sooner than the process-level tests.
+wait_until = functools.partial(poll_until, timeout=30.0, interval=0.02)
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
 from moneta import Moneta, MonetaConfig
+from tests.support.redis_server import wait_until as poll_until
 
 DIM = 16
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -43,11 +43,7 @@ def unit_vector(rng: np.random.Generator, dim: int = DIM) -> list[float]:
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     """Poll ``predicate`` until it holds; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+    poll_until(predicate, timeout=timeout, interval=0.01, what=what)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ and a direct look at the LanceDB table a store left on disk."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from moneta.lance_index import TABLE_NAME
 from moneta.protocols import VectorRecord
 from moneta.store import VECTORS_DIR
 from moneta.types import EntityState
+from tests.support.redis_server import wait_until as poll_until
 
 DIM = 16
 
@@ -86,8 +86,4 @@ def table_rows(store: Path) -> dict[uuid.UUID, dict]:
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "") -> None:
     """Poll until ``predicate()`` holds; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+    poll_until(predicate, timeout=timeout, interval=0.02, what=what)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -102,6 +103,15 @@ def _describe_event(event: dict[str, Any]) -> str:
     return msg
 
 
+def _finite_budget(
+    _ctx: click.Context, _param: click.Parameter, value: float | None
+) -> float | None:
+    """FloatRange lets NaN and infinity through; neither is a budget."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number of USD >= 0, got {value}")
+    return value
+
+
 def _echo_event(event: dict[str, Any]) -> None:
     click.echo(_describe_event(event), err=True)
 
@@ -172,8 +182,9 @@ def main(log_format: str) -> None:
     "--budget-usd",
     type=click.FloatRange(min=0),
     default=None,
+    callback=_finite_budget,
     help="Stop before a call that would take the run's estimated cost past this (USD); "
-    "--resume with a larger budget continues.",
+    "--resume with a larger budget continues (distributed: `--resume RUN --budget-usd Y`).",
 )
 @click.option(
     "--since",
@@ -255,8 +266,6 @@ def run(
             plan = price_plan(dry_run_plan(inputs, max_loops), priced, counts)
             click.echo(json.dumps(plan, indent=1))
             return
-        if redis_url and budget_usd is not None:
-            raise click.UsageError("--budget-usd applies to embedded runs (no --redis-url)")
         if redis_url:
             # With --format sarif, stdout carries only the SARIF log (the run id goes to stderr).
             quiet = output_format == "sarif" and wait
@@ -272,6 +281,7 @@ def run(
                     run_id=run_id,
                     wait=wait,
                     prefix=default_prefix(),
+                    budget_usd=budget_usd,
                 )
             if quiet:
                 done = out_dir if out_dir.is_absolute() else repo / out_dir

@@ -56,6 +56,13 @@ from orchestrator.plan import (
 )
 from orchestrator.plan import synth_job as synth_job_payload
 from orchestrator.redis_conn import RedisUnavailable, connect, redact_url
+from orchestrator.run_budget import (
+    budget_status,
+    check_budget_arg,
+    format_budget,
+    job_budget,
+    reopen,
+)
 from orchestrator.runstate import (
     DEFAULT_PREFIX,
     RunMeta,
@@ -267,13 +274,16 @@ def start_run(
     prefix: str = DEFAULT_PREFIX,
     policy: JobPolicy | None = None,
     inputs: RunInputs | None = None,
+    budget_usd: float | None = None,
 ) -> RunMeta:
     """Store the run's inputs once, record the run and enqueue its first loop.
 
     The output directory must not hold another run's checkpoint (as in embedded mode,
-    resume it or clear it first).
+    resume it or clear it first). With `budget_usd` every model call of the run is
+    checked against it first (`orchestrator.run_budget`).
     """
     run_id = check_run_id(run_id or new_run_id())
+    check_budget_arg(config, budget_usd)
     state = RunState(conn, run_id, prefix)
     if state.exists():
         raise DistributedError(
@@ -311,6 +321,7 @@ def start_run(
         backend=backend,
         loops=loops,
         created_at=time.time(),
+        budget_usd=budget_usd,
     )
     if not state.create(meta):
         raise DistributedError(f"run {run_id} was created concurrently by another process")
@@ -333,16 +344,22 @@ def resume_run(
     *,
     prefix: str = DEFAULT_PREFIX,
     policy: JobPolicy | None = None,
+    budget_usd: float | None = None,
 ) -> ResumeReport:
     """Continue a run from its state in Redis; a completed run is left untouched.
 
     For the first loop not yet closed: if it was never enqueued, enqueue it; if it
     was, recreate only the jobs missing from Redis (lost with a crashed Redis or an
     orchestrator killed mid-enqueue). Jobs still queued or running are left alone.
+    `budget_usd` sets the run's budget; a run stopped by its budget runs again, its
+    jobs without a stored result re-enqueued (`run_budget.reopen`).
     """
     policy = policy or JobPolicy()
     state = RunState(conn, run_id, prefix)
     meta = state.meta()
+    if budget_usd is not None or meta.status == "stopped":
+        config = ReviewConfig.from_dict(json.loads(get_blob(conn, prefix, meta.config_blob)))
+        meta = reopen(conn, meta, config, prefix, budget_usd)
     if meta.status == "completed":
         return ResumeReport(run_id, "completed", message=f"run {run_id} is complete: nothing to do")
     if meta.status == "failed":
@@ -476,6 +493,7 @@ def run_status(conn: redis.Redis, run_id: str, *, prefix: str = DEFAULT_PREFIX) 
         "constitution_hash": meta.constitution_hash,
         "loops": meta.loops,
         "closed_loops": state.closed_loops(),
+        "budget": budget_status(conn, meta, prefix),
         "jobs": [
             {
                 "loop": r.loop,
@@ -497,6 +515,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"output: {status['out_dir']}  constitution: {status['constitution_hash']}",
         f"loops closed: {', '.join(map(str, status['closed_loops'])) or 'none'} "
         f"of {', '.join(map(str, status['loops']))}",
+        format_budget(status.get("budget")),
         "",
         f"{'job':<40} {'state':<10} {'tries':>5}  detail",
     ]
@@ -564,16 +583,25 @@ def review_job(run_id: str, loop: int, role: str, prefix: str = DEFAULT_PREFIX) 
         else:
             state.wait_warm(loop, WARM_WAIT)
             on_started = None
+    budget = job_budget(conn, meta, config, loop, role, prefix)  # None: no budget
     try:
         result = anyio.run(
             lambda: run_metered_reviewer(
-                payload, store=conn, prefix=prefix, run=run_id, config=config, on_started=on_started
+                payload,
+                store=conn,
+                prefix=prefix,
+                run=run_id,
+                config=config,
+                on_started=on_started,
+                wrap=budget.wrap if budget else None,
             )
         )
     finally:
         if role == leader:
             # Also after a failed call: never hold the others back.
             state.mark_warm(loop, len(config.role_reviewers))
+    if budget is not None and budget.stopped:  # no call made: the slot stays empty
+        return budget.reply(run_id, loop, role, attempt)
     state.store_result(loop, role, result)
     findings = result["findings_raw"]
     return {

@@ -48,11 +48,16 @@ def run_distributed(
     run_id: str | None,
     wait: bool,
     prefix: str,
+    budget_usd: float | None = None,
 ) -> None:
-    """`moneta-review run` with a Redis URL: enqueue (or resume) the run, then wait."""
+    """`moneta-review run` with a Redis URL: enqueue (or resume) the run, then wait.
+
+    `budget_usd` is the run's budget; on resume it replaces the stored one.
+    """
     from orchestrator.checkpoint import CheckpointError, clear_run_files
     from orchestrator.distributed import DistributedError, resume_run, start_run, wait_for_run
     from orchestrator.plan import DriftError, prepare_run
+    from orchestrator.run_budget import check_budget_arg
     from orchestrator.snapshot import SnapshotError
     from workers.backends import NoBackendAvailable, resolve_backend
 
@@ -61,11 +66,12 @@ def run_distributed(
         if resume:
             if not run_id:
                 raise click.UsageError("--resume with --redis-url needs --run-id RUN")
-            report = resume_run(conn, run_id, prefix=prefix)
+            report = resume_run(conn, run_id, prefix=prefix, budget_usd=budget_usd)
             click.echo(report.message, err=True)
             if report.status == "completed":
                 return
         else:
+            check_budget_arg(config, budget_usd)  # before --fresh removes anything
             backend = resolve_backend(config.backend)
             inputs = prepare_run(repo, config, out_dir)
             if fresh:
@@ -80,6 +86,7 @@ def run_distributed(
                 max_loops=max_loops,
                 prefix=prefix,
                 inputs=inputs,
+                budget_usd=budget_usd,
             )
             run_id = meta.run_id
             click.echo(

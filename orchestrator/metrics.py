@@ -29,7 +29,7 @@ import bisect
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import click
@@ -288,15 +288,22 @@ async def run_metered_reviewer(
     run: str,
     config: ReviewConfig,
     on_started: OnStarted | None = None,
+    wrap: Callable[[Backend], Backend] | None = None,
 ) -> dict[str, Any]:
-    """`workers.jobs.run_reviewer_async` with every attempt recorded under `run`."""
+    """`workers.jobs.run_reviewer_async` with every attempt recorded under `run`.
+
+    `wrap` puts a layer around the metered backend (the run's budget), so metrics
+    count only the attempts that reached the model.
+    """
     from workers.backends import CallSettings, make_backend
     from workers.jobs import run_reviewer_async
 
     recorder = Recorder(store, prefix)
-    backend = MeteredBackend(
+    backend: Backend = MeteredBackend(
         make_backend(CallSettings.from_dict(payload["settings"])), recorder, run, config
     )
+    if wrap is not None:
+        backend = wrap(backend)
     try:
         result = await run_reviewer_async(payload, backend=backend, on_started=on_started)
     finally:

@@ -5,7 +5,8 @@ The orchestrator may exit right after enqueueing; workers, `moneta-review status
 
 - `P:runs` — sorted set of run ids by creation time;
 - `P:run:<run>:meta` — hash: the run's parameters (blob hashes, output directory,
-  model backend, loops) and its status (`running`, `completed`, `failed`) and error;
+  model backend, loops, `budget_usd`) and its status (`running`, `completed`, `failed`,
+  `stopped`: the budget refused a call, see `orchestrator.run_budget`) and error;
 - `P:run:<run>:state` — hash `L<n>:<role>` → state of that job as its worker last
   recorded it (`started`, `finished`), plus `L<n>:synth`;
 - `P:run:<run>:attempts` — hash `L<n>:<role>` → number of times a worker started it;
@@ -33,7 +34,7 @@ import redis
 
 DEFAULT_PREFIX = "moneta"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}\Z")
-RUN_STATUSES = ("running", "completed", "failed")
+RUN_STATUSES = ("running", "completed", "failed", "stopped")
 
 
 def check_run_id(run_id: object) -> str:
@@ -93,6 +94,7 @@ class RunMeta:
     error: str = ""
     created_at: float = 0.0
     finished_at: float = 0.0
+    budget_usd: float | None = None  # USD limit of the run's model calls (run_budget.py)
 
     def to_hash(self) -> dict[str, str]:
         return {
@@ -111,6 +113,7 @@ class RunMeta:
             "error": self.error,
             "created_at": repr(self.created_at),
             "finished_at": repr(self.finished_at),
+            "budget_usd": "" if self.budget_usd is None else repr(float(self.budget_usd)),
         }
 
     @classmethod
@@ -132,6 +135,7 @@ class RunMeta:
             error=h.get("error", ""),
             created_at=float(h.get("created_at") or 0.0),
             finished_at=float(h.get("finished_at") or 0.0),
+            budget_usd=float(h["budget_usd"]) if h.get("budget_usd") else None,
         )
 
 
@@ -294,6 +298,8 @@ class RunState:
             self.ledger_key,
             self.enqueued_key,
             self.warm_key,
+            f"{self.prefix}:run:{self.run_id}:budget",
+            f"{self.prefix}:run:{self.run_id}:reserved",
         ]
 
 

@@ -36,7 +36,7 @@ from synth.outputs import atomic_write_text, read_jsonl
 from workers.backends import USAGE_KEYS
 
 STATUS_FILE = ".status.json"
-TERMINAL_STATES = ("completed", "failed")
+TERMINAL_STATES = ("completed", "failed", "stopped")
 
 
 def _cost(config: ReviewConfig, usage: Mapping[str, int]) -> float | None:
@@ -285,6 +285,12 @@ def _fmt_tokens(tokens: Mapping[str, int] | None) -> str:
     return f"{tokens.get('input', 0) + tokens.get('cache_write', 0) + tokens.get('cache_read', 0)}"
 
 
+def _budget_line(figures: Mapping[str, Any]) -> str:
+    from orchestrator.run_budget import format_budget  # distributed views only: Redis loaded
+
+    return format_budget(figures)
+
+
 def render_table(view: Mapping[str, Any]) -> Group:
     """A rich renderable: header line and the loop × role table."""
     t = view["totals"]
@@ -295,6 +301,7 @@ def render_table(view: Mapping[str, Any]) -> Group:
         + f"  loops closed {len(view['closed_loops'])}/{len(view['loops'])}"
         + f"  findings {t['findings']}  cost ${t['cost_usd']:.4f}"
         + ("" if share is None else f"  cache-read {share * 100:.1f}%")
+        + (f"  {_budget_line(view['budget'])}" if view.get("budget") else "")
     )
     table = Table(show_lines=False, expand=False)
     for name, justify in (
@@ -338,6 +345,7 @@ def render_text(view: Mapping[str, Any]) -> str:
         f"of {', '.join(map(str, view['loops']))}",
         f"findings: {t['findings']}  cost: ${t['cost_usd']:.4f}  tokens: "
         + ", ".join(f"{k} {v}" for k, v in t["tokens"].items()),
+        *([_budget_line(view["budget"])] if view.get("budget") else []),
         "",
         f"{'job':<40} {'state':<10} {'tries':>5} {'secs':>7} {'finds':>5} {'in tok':>8} "
         f"{'out tok':>7} {'cost $':>8}  detail",

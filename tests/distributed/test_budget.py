@@ -1,0 +1,232 @@
+"""`--budget-usd` on a distributed run: the budget in Redis, shared by every worker.
+
+Real `redis-server` of the test's own, real `moneta-review worker` processes and the
+real CLI against the Messages stub. One worker on both queues runs the jobs in a
+fixed order (loop by loop, roles in config order, then the adversarial job), so the
+calls that fit a budget are a known prefix of that order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import pytest
+
+from orchestrator.checkpoint import load_checkpoint
+from orchestrator.config import ReviewConfig, load_config
+from orchestrator.cost import config_price, usage_cost
+from orchestrator.distributed import start_run
+from orchestrator.run_budget import NANO, BudgetStop, RunBudget
+from orchestrator.runstate import RunMeta, RunState
+from tests.distributed.test_faults import assert_same_files, clean_run
+from tests.support.messages_stub import MessagesStub, RecordedRequest
+from tests.support.redis_server import RedisServer
+from tests.support.review_processes import Workers, read_tree, run_args, run_cli
+
+
+def call_order(config: ReviewConfig) -> list[tuple[int, str]]:
+    """(loop, role) of every call of a run, in the order one worker makes them."""
+    return [(t.loop, r.prefix) for t in config.themes for r in config.roles]
+
+
+def calls_of(stub: MessagesStub, since: int) -> list[RecordedRequest]:
+    return [r for r in stub.recorded()[since:] if r.path.split("?")[0] == "/v1/messages"]
+
+
+def cost_of(calls: list[RecordedRequest], config: ReviewConfig) -> float:
+    price = config_price(config)
+    assert price is not None
+    return sum(usage_cost(r.usage or {}, price, config.cache_ttl)["total"] for r in calls)
+
+
+def status_json(url: str, run_id: str, env: dict[str, str]) -> dict:
+    done = run_cli(["status", run_id, "--redis-url", url, "--json"], env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_budget_stops_before_the_call_that_does_not_fit_and_resume_completes(
+    stub: MessagesStub,
+    env: dict[str, str],
+    repo: Path,
+    config_file: Path,
+    own_redis: RedisServer,
+    workers: Workers,
+    tmp_path: Path,
+) -> None:
+    config = load_config(config_file)
+    order = call_order(config)
+    expected = clean_run(stub, repo, config_file, tmp_path / "clean", env)
+    ref = calls_of(stub, 0)
+    assert len(ref) == 40
+    start = len(stub.recorded())
+    # Each call is admitted at up to its full output budget (8192 tokens at 25 USD/MTok,
+    # ~0.2 USD) plus its prompt; answered calls cost far less. This budget leaves room
+    # for loop 1 and part of loop 2, then the next estimate no longer fits.
+    ref_costs = [cost_of([r], config) for r in ref]
+    budget = 0.25 + sum(ref_costs[:11])
+    workers.redis_url = own_redis.url
+    workers.start("solo", "reviewer,synth")
+    out = tmp_path / "out"
+    args = run_args(repo, config_file, out, "--redis-url", own_redis.url, "--run-id", "bud-1")
+    done = run_cli([*args, "--budget-usd", repr(budget)], env, timeout=180)
+    assert done.returncode == 1, done.stderr + workers.logs()
+    assert "run bud-1 stopped: budget $" in done.stderr
+
+    first = calls_of(stub, start)
+    n = len(first)
+    assert 8 < n < 40, n  # loop 1 closed, the run stopped in a later loop
+    # The calls made are exactly the first n of the run, each once.
+    assert [(r.loop, r.role) for r in first] == order[:n]
+    status = status_json(own_redis.url, "bud-1", env)
+    assert status["status"] == "stopped"
+    b = status["budget"]
+    assert b["budget_usd"] == budget
+    assert b["reserved_usd"] == 0
+    assert b["spent_usd"] == pytest.approx(cost_of(first, config), abs=1e-6)
+    assert b["spent_usd"] <= budget
+    # Refused: call n+1, whose estimate did not fit on top of what was spent.
+    refused = b["refused"]
+    loop, role = order[n]
+    assert refused["slot"] == f"L{loop}:{role}"
+    assert refused["spent"] + refused["held"] + refused["needed"] > refused["budget"]
+    assert refused["budget"] == round(budget * NANO)
+    message = status["error"]
+    assert f"budget ${budget:.4f} reached" in message
+    assert f"(loop {loop}, {role})" in message
+    assert f"${b['spent_usd']:.4f} spent" in message
+    assert f"up to ${refused['needed'] / NANO:.4f}" in message
+    assert "--resume bud-1 --budget-usd" in message
+    # Nothing of the open loop is closed; the loops before it are checkpointed.
+    assert status["closed_loops"] == list(range(1, loop))
+    cp = load_checkpoint(out)
+    assert cp is not None and cp.completed_loops == list(range(1, loop))
+    assert not list(out.glob(f"loop-{loop}*"))
+    text = run_cli(["status", "bud-1", "--redis-url", own_redis.url], env)
+    assert "run bud-1: stopped — budget $" in text.stdout
+    assert f"budget: ${b['spent_usd']:.4f} spent, $0.0000 in flight, of ${budget:.4f}" in (
+        text.stdout
+    )
+
+    # Resuming under the same budget makes no call and stops with the same message.
+    again = run_cli(["run", "--resume", "bud-1", "--redis-url", own_redis.url], env, timeout=120)
+    assert again.returncode == 1, again.stderr + workers.logs()
+    assert len(calls_of(stub, start)) == n
+    assert status_json(own_redis.url, "bud-1", env)["error"] == message
+
+    # A larger budget completes the run: every call once, the files of a run without one.
+    resumed = run_cli(
+        ["run", "--resume", "bud-1", "--redis-url", own_redis.url, "--budget-usd", "100"],
+        env,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stderr + workers.logs()
+    calls = calls_of(stub, start)
+    assert len(calls) == len(ref) == 40
+    assert sorted((r.loop, r.role) for r in calls) == sorted(order)
+    assert_same_files(read_tree(out), expected)
+    final = status_json(own_redis.url, "bud-1", env)
+    assert final["status"] == "completed"
+    assert final["budget"]["budget_usd"] == 100.0
+    assert final["budget"]["spent_usd"] == pytest.approx(cost_of(calls, config), abs=1e-6)
+
+
+def test_concurrent_reservations_never_exceed_the_budget(own_redis: RedisServer) -> None:
+    conn = own_redis.client()
+    meta = RunMeta(
+        run_id="race-1",
+        out_dir="/nonexistent",
+        repo="/nonexistent",
+        config_blob="-",
+        constitution_blob="-",
+        constitution_hash="-",
+        constitution_path="-",
+        snapshot_blob="-",
+        paths_blob="-",
+        backend="anthropic",
+        loops=[1],
+        budget_usd=1.0,
+    )
+    assert RunState(conn, "race-1").create(meta)
+    admitted: list[tuple[int, int]] = []  # (reserved, settled) nano-USD per admitted call
+    refusals: list[str] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        own = own_redis.client()
+        budget = RunBudget(own, "race-1", "moneta")
+        try:
+            reserve_until_refused(i, budget)
+        finally:
+            own.close()
+
+    def reserve_until_refused(i: int, budget: RunBudget) -> None:
+        for k in range(200):
+            usd = 0.003 + 0.0001 * ((i * 7 + k) % 17)
+            slot = f"L{k}:w{'abcdefgh'[i]}"
+            try:
+                token = budget.reserve(slot, usd, usd, f"call {i}/{k}")
+            except BudgetStop as exc:
+                with lock:
+                    refusals.append(str(exc))
+                return
+            # Half of the calls are still in flight at the end: their holds stay.
+            if k % 2:
+                budget.settle(slot, token, usd / 3, cache_used=True)
+                with lock:
+                    admitted.append((math.ceil(usd * NANO - 1e-6), round(usd / 3 * NANO)))
+            else:
+                with lock:
+                    admitted.append((math.ceil(usd * NANO - 1e-6), 0))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    figures = RunBudget(conn, "race-1", "moneta").figures(1.0)
+    in_flight = sum(r for r, s in admitted if s == 0)
+    spent = sum(s for _, s in admitted)
+    assert round(figures["reserved_usd"] * NANO) == in_flight
+    assert round(figures["spent_usd"] * NANO) == spent
+    assert spent + in_flight <= NANO  # never past the budget, however the calls interleaved
+    # Every thread ended on a refusal: the budget, then the stopped run.
+    assert len(refusals) == 8
+    assert sum("budget $1.0000 reached" in m for m in refusals) == 1
+    assert RunState(conn, "race-1").meta().status == "stopped"
+    refused = figures["refused"]
+    assert refused["spent"] + refused["held"] + refused["needed"] > NANO
+    conn.close()
+
+
+def test_bad_budgets_are_refused_naming_the_argument(
+    env: dict[str, str],
+    repo: Path,
+    config_file: Path,
+    own_redis: RedisServer,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    base = run_args(repo, config_file, out, "--redis-url", own_redis.url)
+    for bad in ("-1", "nan", "inf"):
+        done = run_cli([*base, "--budget-usd", bad], env)
+        assert done.returncode == 2, (bad, done.stderr)
+        assert "--budget-usd" in done.stderr, done.stderr
+    done = run_cli([*base, "--model", "house-model", "--budget-usd", "5"], env)
+    assert done.returncode == 1
+    assert "budget_usd: no price for model 'house-model'" in done.stderr
+    conn = own_redis.client()
+    with pytest.raises(ValueError, match="budget_usd: must be >= 0"):
+        start_run(
+            conn,
+            repo=repo,
+            config=load_config(config_file),
+            out_dir=out,
+            backend="anthropic",
+            budget_usd=float("nan"),
+        )
+    assert conn.keys("moneta:run:*") == []  # nothing recorded for a refused budget
+    conn.close()

@@ -360,7 +360,7 @@ class MetricsCollector(Collector):
         )
         from rq.serializers import JSONSerializer
 
-        from orchestrator.runstate import RunState, list_runs
+        from orchestrator.runstate import RUN_STATUSES, RunState, list_runs
 
         conn: Any = self.store
         depth = GaugeMetricFamily(
@@ -394,7 +394,7 @@ class MetricsCollector(Collector):
         yield jobs
         yield workers
         runs = GaugeMetricFamily(METRIC_NAMES["runs"], "Review runs by status.", labels=["status"])
-        by_status: dict[str, int] = {"running": 0, "completed": 0, "failed": 0}
+        by_status: dict[str, int] = dict.fromkeys(RUN_STATUSES, 0)
         for run_id in list_runs(conn, self.prefix):
             status = conn.hget(RunState(conn, run_id, self.prefix).meta_key, "status")
             s = _text(status) if status is not None else "unknown"

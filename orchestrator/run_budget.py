@@ -285,6 +285,7 @@ def reopen(
     while the run was stopped, failed, or still queued or deferred behind those — is
     deleted from RQ, so `resume_run` enqueues it again after the run is running. A job
     that had started is given up to `settle_wait` s to reserve, store or end first.
+    If the loop's first reviewer has no result, the loop is no longer marked warm.
     """
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
@@ -298,7 +299,11 @@ def reopen(
     if meta.status != STOPPED:
         return state.meta()
     closed = set(state.closed_loops())
-    loop = next(n for n in meta.loops if n not in closed)
+    open_loops = [n for n in meta.loops if n not in closed]
+    if not open_loops:  # stopped after its last loop closed: only the final is left
+        state.set_status("running")
+        return state.meta()
+    loop = open_loops[0]
     roles = [r.prefix for r in config.roles] + ["synth"]
     ids = {role: rq_job_id(meta.run_id, loop, role) for role in roles}
     deadline = time.monotonic() + settle_wait
@@ -325,5 +330,13 @@ def reopen(
         if job.get_status(refresh=True) == JobStatus.STARTED:
             continue  # still running after the wait: left to finish (or be abandoned)
         job.delete(remove_from_queue=True, delete_dependents=False)
+    leader = config.role_reviewers[0].prefix
+    if not any(
+        conn.hexists(k, field(loop, leader)) for k in (state.result_key, budget.reserved_key)
+    ):
+        # A refused leader marked the loop warm only to release the others: no answer
+        # cached its prompt, so the re-run reviewers must wait for it again.
+        conn.hdel(state.warm_key, f"L{loop}")
+        conn.delete(f"{state.warm_key}:L{loop}")
     state.set_status("running")
     return state.meta()

@@ -18,13 +18,20 @@ import pytest
 from orchestrator.checkpoint import load_checkpoint
 from orchestrator.config import ReviewConfig, load_config
 from orchestrator.cost import config_price, usage_cost
-from orchestrator.distributed import start_run
+from orchestrator.distributed import resume_run, start_run
 from orchestrator.run_budget import NANO, BudgetStop, RunBudget
 from orchestrator.runstate import RunMeta, RunState
 from tests.distributed.test_faults import assert_same_files, clean_run
 from tests.support.messages_stub import MessagesStub, RecordedRequest
 from tests.support.redis_server import RedisServer
-from tests.support.review_processes import Workers, read_tree, run_args, run_cli
+from tests.support.review_processes import (
+    Workers,
+    enqueue_run,
+    read_tree,
+    run_args,
+    run_cli,
+    wait_run_end,
+)
 
 
 def call_order(config: ReviewConfig) -> list[tuple[int, str]]:
@@ -132,6 +139,67 @@ def test_budget_stops_before_the_call_that_does_not_fit_and_resume_completes(
     assert final["status"] == "completed"
     assert final["budget"]["budget_usd"] == 100.0
     assert final["budget"]["spent_usd"] == pytest.approx(cost_of(calls, config), abs=1e-6)
+
+
+def test_budget_with_several_workers_never_overspends_and_resume_pays_nothing_twice(
+    stub: MessagesStub,
+    env: dict[str, str],
+    repo: Path,
+    config_file: Path,
+    own_redis: RedisServer,
+    workers: Workers,
+    tmp_path: Path,
+) -> None:
+    config = load_config(config_file)
+    expected = clean_run(stub, repo, config_file, tmp_path / "clean", env)
+    ref_costs = [cost_of([r], config) for r in calls_of(stub, 0)]
+    start = len(stub.recorded())
+    stub.latency = 0.3  # calls overlap: the stop finds others in flight
+    budget = 0.8 + sum(ref_costs[:12])
+    workers.start_many(own_redis.url, reviewers=3, synth=1)
+    out = tmp_path / "out"
+    args = run_args(repo, config_file, out, "--redis-url", own_redis.url, "--run-id", "bud-3")
+    done = run_cli([*args, "--budget-usd", repr(budget)], env, timeout=180)
+    assert done.returncode == 1, done.stderr + workers.logs()
+    assert "run bud-3 stopped: budget $" in done.stderr
+    # Resume at once, while calls admitted before the stop may still be in flight.
+    resumed = run_cli(
+        ["run", "--resume", "bud-3", "--redis-url", own_redis.url, "--budget-usd", "100"],
+        env,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stderr + workers.logs()
+    calls = calls_of(stub, start)
+    pairs = [(r.loop, r.role) for r in calls]
+    assert len(pairs) == 40 and sorted(pairs) == sorted(call_order(config))
+    assert_same_files(read_tree(out), expected)
+    b = status_json(own_redis.url, "bud-3", env)["budget"]
+    refused = b["refused"]
+    assert refused["spent"] + refused["held"] <= refused["budget"]  # never past it
+    assert refused["spent"] + refused["held"] + refused["needed"] > refused["budget"]
+    assert b["spent_usd"] == pytest.approx(cost_of(calls, config), abs=1e-6)
+
+
+def test_a_budget_given_on_resume_applies_to_the_next_call(
+    stub: MessagesStub,
+    config_file: Path,
+    repo: Path,
+    own_redis: RedisServer,
+    workers: Workers,
+    tmp_path: Path,
+) -> None:
+    enqueue_run(own_redis.url, repo, config_file, tmp_path / "out", "late-1")  # no budget
+    conn = own_redis.client()
+    resume_run(conn, "late-1", budget_usd=0.0)
+    assert RunState(conn, "late-1").meta().budget_usd == 0.0
+    workers.start_many(own_redis.url, reviewers=1, synth=1)
+    meta = wait_run_end(own_redis.url, "late-1", timeout=60)
+    assert meta.status == "stopped"
+    assert "budget $0.0000 reached: $0.0000 spent" in meta.error
+    assert "(loop 1, architect)" in meta.error
+    assert calls_of(stub, 0) == []
+    assert RunState(conn, "late-1").results() == {}
+    conn.close()
 
 
 def test_concurrent_reservations_never_exceed_the_budget(own_redis: RedisServer) -> None:

@@ -14,6 +14,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from orchestrator.checkpoint import load_checkpoint
 from orchestrator.config import ReviewConfig, load_config
@@ -32,6 +35,7 @@ from tests.support.review_processes import (
     run_cli,
     wait_run_end,
 )
+from workers.result import ReviewerResult
 
 
 def call_order(config: ReviewConfig) -> list[tuple[int, str]]:
@@ -47,6 +51,12 @@ def cost_of(calls: list[RecordedRequest], config: ReviewConfig) -> float:
     price = config_price(config)
     assert price is not None
     return sum(usage_cost(r.usage or {}, price, config.cache_ttl)["total"] for r in calls)
+
+
+def created_at(conn: redis.Redis, ids: list[str]) -> dict[str, object]:
+    """When each RQ job was created: a recreated job has a new time."""
+    jobs = Job.fetch_many(ids, connection=conn, serializer=JSONSerializer)
+    return {j.id: j.created_at for j in jobs if j is not None}
 
 
 def status_json(url: str, run_id: str, env: dict[str, str]) -> dict:
@@ -199,6 +209,45 @@ def test_a_budget_given_on_resume_applies_to_the_next_call(
     assert "(loop 1, architect)" in meta.error
     assert calls_of(stub, 0) == []
     assert RunState(conn, "late-1").results() == {}
+    conn.close()
+
+
+def test_resume_of_a_stopped_run_recreates_only_the_jobs_without_result_or_call_in_flight(
+    repo: Path, config_file: Path, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    config = load_config(config_file)
+    conn = own_redis.client()
+    start_run(
+        conn,
+        repo=repo,
+        config=config,
+        out_dir=tmp_path / "out",
+        backend="anthropic",
+        run_id="reo-1",
+        budget_usd=1.0,
+    )
+    state = RunState(conn, "reo-1")
+    roles = [r.prefix for r in config.roles] + ["synth"]
+    ids = [f"reo-1_L1_{r}" for r in roles]
+    before = created_at(conn, ids)
+    # architect answered; substrate's call is in flight; the rest never ran.
+    state.store_result(1, "architect", ReviewerResult("architect", 1, "ok", []).to_dict())
+    RunBudget(conn, "reo-1", "moneta").reserve("L1:substrate", 0.3, 0.3, "loop 1, substrate")
+    state.set_status("stopped", "budget $1.0000 reached")
+    state.mark_warm(1, 7)
+
+    report = resume_run(conn, "reo-1", budget_usd=2.0)
+    meta = state.meta()
+    assert (meta.status, meta.error, meta.budget_usd) == ("running", "", 2.0)
+    after = created_at(conn, ids)
+    kept = {i for i in ids if after[i] == before[i]}
+    assert kept == {"reo-1_L1_architect", "reo-1_L1_substrate"}
+    assert sorted(report.enqueued) == sorted(set(ids) - kept)
+    queued = [j.decode() for j in conn.lrange("rq:queue:reviewer", 0, -1)]
+    assert sorted(queued) == sorted(ids[:7])  # each role job once
+    assert state.is_warm(1)  # the leader answered: its prompt is cached
+    figures = RunBudget(conn, "reo-1", "moneta").figures(2.0)
+    assert figures["reserved_usd"] == pytest.approx(0.3)  # the call in flight still holds
     conn.close()
 
 

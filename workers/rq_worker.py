@@ -13,6 +13,20 @@ every `maintenance_interval` seconds so the pass actually runs. An abandoned job
 requeued if it has retries left (review jobs are enqueued with retries), and because a
 job's result replaces its own slot in the run state, a job that runs twice still
 yields its findings once.
+
+Why jobs run in the worker process (`rq.SimpleWorker`) rather than in a forked work
+horse: a review job spends its time waiting on one model call, and on a small machine
+the fork was most of the rest. Each fork copied the pages the job touched (~7,000
+page faults) and re-did per-process setup, ~20 ms of CPU and of dispatch time per job
+against ~4 ms in-process, paid by every worker at once when a loop fans out; in one
+long-lived process the SDK's lazy setup (`workers.sdk_prime`), the TLS context and
+the run's blobs (`orchestrator.distributed`) are built once and reused by every job.
+The fork's isolation is not needed for fault tolerance: a job that times out is
+stopped by RQ's SIGALRM in this process, and a worker that dies takes its job with it,
+which the heartbeat makes visible. Without a work horse nobody heartbeats a running
+job, so `ReviewWorker` does it from a thread every `job_monitoring_interval` seconds,
+as the forking parent would; a SIGKILLed worker's job then counts as abandoned
+`abandon_grace` seconds after its last beat.
 """
 
 from __future__ import annotations
@@ -21,12 +35,16 @@ import importlib
 import logging
 import os
 import socket
+import threading
 from collections.abc import Sequence
+from types import TracebackType
 
 import redis
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 
 from orchestrator.logs import job_context, log_context
 from orchestrator.metrics import abandoned_job_handler
@@ -38,8 +56,43 @@ DEFAULT_ABANDON_GRACE = 30
 PRELOAD = ("orchestrator.distributed", "anthropic")
 
 
-class ReviewWorker(Worker):
-    """`rq.Worker` with a configurable abandoned-job deadline and maintenance cadence."""
+logger = logging.getLogger(__name__)
+
+
+class JobHeartbeat:
+    """Refreshes a running job's heartbeat from a thread until the block exits."""
+
+    def __init__(self, worker: ReviewWorker, job: Job, execution: Execution) -> None:
+        self.worker = worker
+        self.job = job
+        self.execution = execution
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{job.id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.worker.job_monitoring_interval):
+            try:
+                self.worker.maintain_heartbeats(self.job, self.execution)
+            except redis.RedisError as exc:  # Redis restarting: the next beat tries again
+                logger.warning("heartbeat of job %s failed: %s", self.job.id, exc)
+
+    def __enter__(self) -> JobHeartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+class ReviewWorker(SimpleWorker):
+    """`rq.SimpleWorker` with heartbeats while a job runs, a configurable abandoned-job
+    deadline and maintenance cadence."""
 
     abandon_grace: int = DEFAULT_ABANDON_GRACE
 
@@ -53,7 +106,10 @@ class ReviewWorker(Worker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         # Log lines of this process while the job runs carry its run, loop and role.
         with log_context(**job_context(job.id)):
-            super().execute_job(job, queue)
+            execution = self.prepare_execution(job)
+            with JobHeartbeat(self, job, execution):
+                self.perform_job(job, queue, execution)
+            self.set_state(WorkerStatus.IDLE)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -118,13 +174,15 @@ def run_worker(
     log_level: str = "INFO",
 ) -> bool:
     """Work until stopped (or, with `burst`, until the queues are empty)."""
-    # Import the job functions (and the SDK) once here: every job runs in a forked
-    # work horse, which would otherwise import them again for each job.
+    # Import the job functions and the SDK, and run their one-time setup, before the
+    # worker registers: the first job of every worker then costs what the others do.
     for module in PRELOAD:
         importlib.import_module(module)
     from workers.backends import shared_ssl_context
+    from workers.sdk_prime import prime_sdk
 
-    shared_ssl_context()  # the CA bundle is loaded once, not in every work horse
+    shared_ssl_context()  # the CA bundle
+    prime_sdk()  # the SDK's lazy setup (`workers.sdk_prime`)
     worker = make_worker(
         conn,
         queues,

@@ -1,7 +1,7 @@
 """Real processes of a review run: the `moneta-review` CLI and RQ workers.
 
 `Workers` starts `moneta-review worker` processes in their own sessions, so a test
-can SIGKILL one (and the work horse it forked) like a machine that died. The
+can SIGKILL one (with any process it started) like a machine that died. The
 helpers here run the CLI the way an operator does, with the stub model as the
 Anthropic API, so every test drives the same entry points.
 """
@@ -148,7 +148,7 @@ class Workers:
             self.start(f"synth-{i}", "synth", *extra)
 
     def sigkill(self, name: str) -> list[int]:
-        """SIGKILL worker `name` and any work horse it forked; return the killed pids."""
+        """SIGKILL worker `name` and its child processes; return the killed pids."""
         proc = self.procs.pop(name)
         pids = [proc.pid, *children(proc.pid)]
         for pid in pids:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +52,8 @@ from orchestrator.plan import (
     DriftError,
     RunInputs,
     adversarial_job,
+    call_settings,
     prepare_run,
-    role_jobs,
 )
 from orchestrator.plan import synth_job as synth_job_payload
 from orchestrator.redis_conn import RedisUnavailable, connect, redact_url
@@ -77,7 +78,7 @@ from synth.ledger import ClosureLedger
 from synth.outputs import write_final
 from synth.render import USAGE_KEYS
 from workers.jobs import synthesize_loop_job
-from workers.prompts import system_text
+from workers.prompts import build_prompt, system_text
 from workers.result import ReviewerResult
 
 REVIEWER_QUEUE = "reviewer"
@@ -111,12 +112,43 @@ def synth_queue(conn: redis.Redis) -> Queue:
 # --- run inputs from the blobs ----------------------------------------------------------
 
 
+INPUTS_CACHED = 4
+"""Runs whose rebuilt inputs a worker process keeps (`inputs_from_state`)."""
+
+_inputs_cache: OrderedDict[tuple[str, ...], RunInputs] = OrderedDict()
+
+
 def inputs_from_state(conn: redis.Redis, meta: RunMeta, prefix: str) -> RunInputs:
     """Rebuild the run's inputs from its blobs, as `plan.prepare_run` made them.
 
     A worker needs no checkout: prompts need the rendered snapshot and the
-    constitution, validation needs the snapshot's path set.
+    constitution, validation needs the snapshot's path set. A worker runs many jobs
+    of a run in one process, so the inputs are kept per process, keyed by what they
+    are made of: the blobs are content-addressed, so a key names one set of inputs
+    wherever it was read, and the ~1 MB snapshot is read and decoded once.
     """
+    key = (
+        meta.config_blob,
+        meta.constitution_blob,
+        meta.snapshot_blob,
+        meta.paths_blob,
+        meta.repo,
+        meta.out_dir,
+        meta.constitution_path,
+        meta.constitution_hash,
+    )
+    inputs = _inputs_cache.get(key)
+    if inputs is None:
+        inputs = _read_inputs(conn, meta, prefix)
+        _inputs_cache[key] = inputs
+        while len(_inputs_cache) > INPUTS_CACHED:
+            _inputs_cache.popitem(last=False)
+    else:
+        _inputs_cache.move_to_end(key)
+    return inputs
+
+
+def _read_inputs(conn: redis.Redis, meta: RunMeta, prefix: str) -> RunInputs:
     config = ReviewConfig.from_dict(json.loads(get_blob(conn, prefix, meta.config_blob)))
     constitution = get_blob(conn, prefix, meta.constitution_blob)
     snapshot_text = get_blob(conn, prefix, meta.snapshot_blob)
@@ -133,6 +165,22 @@ def inputs_from_state(conn: redis.Redis, meta: RunMeta, prefix: str) -> RunInput
         snapshot=snapshot,
         system=system_text(config, constitution),
     )
+
+
+def role_payload(
+    inputs: RunInputs, loop: int, prior_synthesis: str | None, backend: str, role: str
+) -> dict[str, Any]:
+    """The payload `plan.role_jobs` makes for `role`, without the loop's other prompts."""
+    config = inputs.config
+    prompt = build_prompt(
+        config,
+        role=config.role(role),
+        theme=config.theme_for(loop),
+        system=inputs.system,
+        snapshot=inputs.snapshot.text,
+        prior_synthesis=prior_synthesis,
+    )
+    return {"prompt": prompt.to_dict(), "settings": call_settings(config, backend).to_dict()}
 
 
 # --- enqueueing ---------------------------------------------------------------------------
@@ -573,8 +621,7 @@ def review_job(run_id: str, loop: int, role: str, prefix: str = DEFAULT_PREFIX) 
         payload = adversarial_job(inputs, loop, prior, results, meta.backend)
         on_started = None
     else:
-        payloads = role_jobs(inputs, loop, prior, meta.backend)
-        payload = next(p for p in payloads if p["prompt"]["role"] == role)
+        payload = role_payload(inputs, loop, prior, meta.backend, role)
         if role == leader:
 
             def on_started() -> None:

@@ -22,6 +22,14 @@ process at `--latency` seconds per call (5 findings per reviewer):
 
 The machine's 1-minute load average at the start of each run is recorded: every
 worker is a process, and with more workers than cores they share the CPU.
+
+`cpu_s` is the CPU time the run's processes used from the enqueue of loop 1 to the
+last job's end (workers with their work horses, the stub, Redis, and this
+orchestrating process), and `cpu_share` that total over cores x wall: near 1 the
+run waited for CPU, not for the queue.
+
+`--timeline` adds each job's enqueue, start, model-call start and end, and end, in
+ms from the run's start, to see where a loop's time goes.
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ from rq.serializers import JSONSerializer  # noqa: E402
 from bench.review import stub_process  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.distributed import connect, start_run, wait_for_run  # noqa: E402
-from orchestrator.runstate import rq_job_id  # noqa: E402
+from orchestrator.metrics import job_timing  # noqa: E402
+from orchestrator.runstate import DEFAULT_PREFIX, rq_job_id  # noqa: E402
 from tests.support.redis_server import RedisServer, wait_until  # noqa: E402
 
 CLI = [sys.executable, "-m", "orchestrator.distributed_cli"]
@@ -80,7 +89,67 @@ def dispatch_overhead_ms(jobs: list[Job]) -> list[float]:
     return out
 
 
-def one_run(n_workers: int, latency: float, stub_url: str, tmp: Path) -> dict[str, Any]:
+def timeline(
+    jobs: list[Job], calls: dict[tuple[int, str], tuple[float, float]], t0: float
+) -> list[dict[str, Any]]:
+    """Per job, its RQ and model-call timestamps in ms from `t0` (epoch seconds)."""
+
+    def ms(epoch: float | None) -> float | None:
+        return None if epoch is None else round((epoch - t0) * 1000, 1)
+
+    rows = []
+    for job in sorted(jobs, key=lambda j: j.started_at):
+        _, loop, role = job.id.rsplit("_", 2)
+        call = calls.get((int(loop[1:]), role), (None, None))
+        rows.append(
+            {
+                "job": f"{loop}_{role}",
+                "worker": job.worker_name,
+                "enqueued": ms(job.enqueued_at.timestamp()),
+                "started": ms(job.started_at.timestamp()),
+                "call_start": ms(call[0]),
+                "call_end": ms(call[1]),
+                "ended": ms(job.ended_at.timestamp()),
+            }
+        )
+    return rows
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and of its children it has reaped (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(fields[i]) for i in range(11, 15))  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def stub_pid() -> int:
+    """The loopback stub: the child of this process running `tests.support.messages_stub`."""
+    me = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == me and b"messages_stub" in cmd:
+            return int(proc.name)
+    raise RuntimeError("the stub process is not running")
+
+
+def cpu_snapshot(workers: list[subprocess.Popen[bytes]], redis_pid: int) -> dict[str, float]:
+    return {
+        "workers": sum(cpu_seconds(p.pid) for p in workers),
+        "stub": cpu_seconds(stub_pid()),
+        "redis": cpu_seconds(redis_pid),
+        "orchestrator": cpu_seconds(os.getpid()),
+    }
+
+
+def one_run(
+    n_workers: int, latency: float, stub_url: str, tmp: Path, *, with_timeline: bool = False
+) -> dict[str, Any]:
     server = RedisServer(tmp / f"redis-{n_workers}").start()
     env = {
         **os.environ,
@@ -110,6 +179,9 @@ def one_run(n_workers: int, latency: float, stub_url: str, tmp: Path) -> dict[st
         config = load_config()
         run_id = f"bench-{n_workers}"
         load = os.getloadavg()[0]
+        assert server.proc is not None
+        cpu_before = cpu_snapshot(procs, server.proc.pid)
+        start_epoch = time.time()
         start = time.perf_counter()
         meta = start_run(
             conn,
@@ -131,6 +203,9 @@ def one_run(n_workers: int, latency: float, stub_url: str, tmp: Path) -> dict[st
             return got if len(got) == len(ids) and all(j.ended_at for j in got) else None
 
         jobs = wait_until(ended, timeout=60, what="every job ended")
+        last_end = max(j.ended_at.timestamp() for j in jobs) - start_epoch
+        cpu_after = cpu_snapshot(procs, server.proc.pid)
+        cpu = {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_before}
         overhead = dispatch_overhead_ms(jobs)
         waited = [(j.started_at - j.enqueued_at).total_seconds() * 1000 for j in jobs]
         synth_s = sum(
@@ -141,6 +216,10 @@ def one_run(n_workers: int, latency: float, stub_url: str, tmp: Path) -> dict[st
         ]
         waves = math.ceil(len(config.role_reviewers) / n_workers) + 1
         ideal = len(meta.loops) * waves * latency + synth_s
+        extra = {}
+        if with_timeline:
+            calls = job_timing(conn, DEFAULT_PREFIX, run_id)
+            extra["timeline"] = timeline(jobs, calls, start_epoch)
         return {
             "reviewer_workers": n_workers,
             "wall_s": round(wall, 3),
@@ -159,7 +238,10 @@ def one_run(n_workers: int, latency: float, stub_url: str, tmp: Path) -> dict[st
                 "p50": round(percentile(waited, 0.5), 1),
                 "p95": round(percentile(waited, 0.95), 1),
             },
+            "cpu_s": cpu,
+            "cpu_share": round(sum(cpu.values()) / ((os.cpu_count() or 1) * last_end), 2),
             "load_average_1m": round(load, 2),
+            **extra,
         }
     finally:
         conn.close()
@@ -178,12 +260,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", default="1,2,4,8", help="reviewer worker counts")
     parser.add_argument("--latency", type=float, default=0.5, help="stub latency, seconds")
+    parser.add_argument("--timeline", action="store_true", help="add every job's timestamps")
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
     runs = []
     with tempfile.TemporaryDirectory() as tmp, stub_process(args.latency) as url:
         for n in counts:
-            runs.append(one_run(n, args.latency, url, Path(tmp)))
+            runs.append(one_run(n, args.latency, url, Path(tmp), with_timeline=args.timeline))
     overhead = [r["queue_overhead_ms"]["p95"] for r in runs]
     best = runs[-1]
     print(

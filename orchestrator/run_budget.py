@@ -178,9 +178,6 @@ class RunBudget:
         usd = sum(meter.cost(r.get("usage") or {}) for r in results.values())
         self.conn.hsetnx(self.budget_key, "spent", round(usd * NANO))
 
-    def keys(self) -> list[str]:
-        return [self.budget_key, self.reserved_key]
-
 
 class _BudgetedCalls:
     """A reviewer job's backend: every attempt reserved before, settled after."""

@@ -4,6 +4,8 @@ It speaks the parts of `POST /v1/messages` a reviewer call uses — streaming (S
 and plain JSON — and lets a test script each request: latency, HTTP errors (529,
 429, 400, ...) with `retry-after`, and the answer text chosen from the request's
 role and loop (read from the prompt's `<assignment role=".." loop="..">` tag).
+Delays (time to first event, latency) count from the request's arrival, so the
+stub's own parsing is inside them, as a real server's is.
 Every request body is recorded byte for byte.
 
 Prompt caching is simulated the way the API documents it: each `cache_control`
@@ -94,6 +96,13 @@ class _Hold:
     gate: threading.Event = field(default_factory=threading.Event)
     waiting: int = 0
     drop: bool = False
+
+
+def _sleep_until(deadline: float) -> None:
+    """Sleep until `deadline` (monotonic seconds), not at all if it has passed."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 def _assignment(payload: dict[str, Any]) -> tuple[str | None, int | None]:
@@ -360,6 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def do_POST(self) -> None:
+        arrived = time.monotonic()  # the request line and headers are in
         stub = self.owner
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length)
@@ -396,6 +406,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(payload, dict) or not payload:
             self._error(record, 400, None, "request body is not a JSON object")
             return
+        # Delays count from the request's arrival (or a hold's release), so reading and
+        # parsing the body are part of the simulated latency, as a server's are.
+        t0 = arrived
         hold = stub._hold_for(role, loop)
         if hold is not None:
             hold.gate.wait(timeout=120)
@@ -403,11 +416,11 @@ class _Handler(BaseHTTPRequestHandler):
                 record.status = -1  # abandoned: the client went away while it was held
                 self.close_connection = True
                 return
+            t0 = time.monotonic()
         reply = stub._next_reply(role, loop)
         latency = stub.latency if reply.latency is None else reply.latency
         if reply.status != 200:
-            if latency:
-                time.sleep(latency)
+            _sleep_until(t0 + latency)
             self._error(record, reply.status, reply.retry_after, "scripted error")
             return
         try:
@@ -423,9 +436,9 @@ class _Handler(BaseHTTPRequestHandler):
         record.status = 200
         try:
             if record.payload.get("stream"):
-                self._stream(stub, record, text, reply, usage, creates, latency)
+                self._stream(stub, record, text, reply, usage, creates, t0, latency)
             else:
-                time.sleep(stub.first_event_delay + latency)
+                _sleep_until(t0 + stub.first_event_delay + latency)
                 stub._register(creates)
                 record.started_at = time.monotonic()
                 self._json(200, self._message(record, text, reply, usage))
@@ -487,10 +500,14 @@ class _Handler(BaseHTTPRequestHandler):
         reply: Reply,
         usage: dict[str, int],
         creates: list[tuple[str, str]],
+        t0: float,
         latency: float,
     ) -> None:
-        if stub.first_event_delay:
-            time.sleep(stub.first_event_delay)
+        _sleep_until(t0 + stub.first_event_delay)
+        # The response starts with its status line: from here on its prefixes are
+        # readable from the cache (registered before the client can see the 200).
+        stub._register(creates)
+        record.started_at = time.monotonic()
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
@@ -501,12 +518,8 @@ class _Handler(BaseHTTPRequestHandler):
         message["content"] = []
         message["stop_reason"] = None
         message["usage"]["output_tokens"] = 1
-        # The response has started: from here on its prefixes are readable from the cache.
-        stub._register(creates)
-        record.started_at = time.monotonic()
         self._chunk("message_start", {"type": "message_start", "message": message})
-        if latency:
-            time.sleep(latency)
+        _sleep_until(t0 + stub.first_event_delay + latency)
         if reply.stream_error is not None:
             # The API can fail after a 200 has started: an `error` event ends the stream.
             self._chunk(

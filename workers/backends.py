@@ -20,8 +20,10 @@ from typing import Any, Protocol
 import anthropic
 import anyio
 import httpx2
+from anthropic.lib.streaming import AsyncMessageStreamManager
 
 from workers.prompts import ReviewerPrompt
+from workers.request_body import request_body
 from workers.retry import ModelCallError
 
 BACKEND_NAMES = ("anthropic", "anthropic-batch", "claude-cli")
@@ -112,19 +114,22 @@ class AnthropicBackend:
         )
 
     async def complete(self, prompt: ReviewerPrompt, on_started: OnStarted | None) -> ModelAnswer:
-        request = prompt.messages_request()
-        async with self.client.messages.stream(
-            model=self.settings.model,
-            max_tokens=self.settings.max_tokens,
-            system=request["system"],
-            messages=request["messages"],
-        ) as stream:
-            started = False
-            async for _event in stream:
-                if not started:
-                    started = True
-                    if on_started is not None:
-                        on_started()
+        # The request `messages.stream(...)` would make, with the body pre-encoded
+        # (workers.request_body); the SDK still sends it and parses the event stream.
+        response = self.client.post(
+            "/v1/messages",
+            cast_to=anthropic.types.Message,
+            content=request_body(prompt, self.settings.model, self.settings.max_tokens),
+            options={"headers": {"content-type": "application/json"}},
+            stream=True,
+            stream_cls=anthropic.AsyncStream[anthropic.types.RawMessageStreamEvent],
+        )
+        async with AsyncMessageStreamManager(response) as stream:
+            # The stream opens once the API has answered 200: the response has started,
+            # so its prompt-cache entries exist. Signalling here, before the first event
+            # is read, lets waiting calls go out without the SDK's event parsing first.
+            if on_started is not None:
+                on_started()
             message = await stream.get_final_message()
         return ModelAnswer.from_message(message)
 

@@ -6,10 +6,10 @@
    run of this repository (packaged config, real snapshot) through the real SDK
    against the loopback stub (its own process, a fresh cache per run), with the
    role wave of each loop fanned out at once (`none`), the first call of the run's
-   first loop sent alone until its answer starts (`first`, the runner's behaviour),
-   and the first call of every loop sent alone (`each`); at cache TTL 1h and 5m. The
-   stub waits TTFT = 0.5 s before a response's first event (a model's time to first
-   token): a prefix is cached only once that event is out.
+   first loop sent alone until its response starts (`first`), and the first call of
+   every loop sent alone (`each`, the runner's behaviour); at cache TTL 1h and 5m.
+   The stub waits TTFT = 0.5 s before a response starts (a model's time to first
+   token): a prefix is cached only from then.
 2. Metrics overhead: the same full run with and without metrics collection (every
    model-call attempt recorded, the in-process exporter served and scraped once a
    second), alternating `--pairs` times at each stub latency; medians and the
@@ -53,13 +53,16 @@ _original_run_reviewers = run_mod._run_reviewers
 
 
 def set_warm_mode(mode: str) -> None:
-    """Make the runner warm no loop, the first (its own behaviour), or every loop."""
-    if mode == "first":
+    """Make the runner warm no loop, only the first, or every loop (its own behaviour)."""
+    if mode == "each":
         run_mod._run_reviewers = _original_run_reviewers
         return
+    warmed = False
 
     async def patched(jobs: Any, backend: Any, limiter: Any, emit: Any, **kw: Any) -> Any:
-        kw["warm_first"] = mode == "each" and len(jobs) > 1
+        nonlocal warmed
+        kw["warm_first"] = mode == "first" and not warmed and len(jobs) > 1
+        warmed = warmed or kw["warm_first"]
         return await _original_run_reviewers(jobs, backend, limiter, emit, **kw)
 
     run_mod._run_reviewers = patched  # type: ignore[assignment]
@@ -123,7 +126,7 @@ def warm_up() -> dict[str, Any]:
                 "cache_read_tokens": r["usage"]["cache_read"],
                 "wall_s": round(r["wall_s"], 3),
             }
-    set_warm_mode("first")
+    set_warm_mode("each")
     return out
 
 

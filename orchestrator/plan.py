@@ -249,7 +249,8 @@ def dry_run_plan(inputs: RunInputs, max_loops: int | None = None) -> dict[str, A
     """Every call a run would make, with prompt sizes and token estimates.
 
     Caching follows the run's order: the first call writes the shared prefix
-    (system + snapshot), every later call reads it; loop blocks and tasks are input. The adversarial
+    (system + snapshot), every later call reads it; each loop's first call writes the
+    loop block, the loop's other calls read it; tasks are input. The adversarial
     reviewer's role findings and later loops' handoffs are unknown before the run and
     are not counted; output is counted at the full output budget (an upper bound).
     `orchestrator.cost.price_plan` prices the plan from the config's `[prices]` table,
@@ -260,12 +261,12 @@ def dry_run_plan(inputs: RunInputs, max_loops: int | None = None) -> dict[str, A
     totals = {"input": 0, "cache_write": 0, "cache_read": 0, "output_max": 0}
     prefix_written = False
     for loop in inputs.loops(max_loops):
-        for p in dry_run_loop_prompts(inputs, loop):
+        for i, p in enumerate(dry_run_loop_prompts(inputs, loop)):
             shared = estimate_tokens(p.system) + estimate_tokens(p.snapshot)
             loop_tokens = estimate_tokens(p.loop_block)
             task = estimate_tokens(p.task)
-            write = 0 if prefix_written else shared
-            read = shared if prefix_written else 0
+            write = (0 if prefix_written else shared) + (loop_tokens if i == 0 else 0)
+            read = (shared if prefix_written else 0) + (0 if i == 0 else loop_tokens)
             prefix_written = True
             row = {
                 "loop": loop,
@@ -274,7 +275,7 @@ def dry_run_plan(inputs: RunInputs, max_loops: int | None = None) -> dict[str, A
                 "tokens_estimate": shared + loop_tokens + task,
                 "cache_write": write,
                 "cache_read": read,
-                "input": loop_tokens + task,
+                "input": task,
                 "output_max": config.max_tokens_reviewer,
             }
             calls.append(row)

@@ -300,23 +300,20 @@ async def _run_locked(
     )
     calls = 0
     failed: list[tuple[int, str, str]] = []
-    # The first loop this process runs warms the run-wide prefix (constitution and
-    # snapshot) with one call before fanning out. Later loops fan out at once: the
-    # prefix is cached, and holding six calls back for a time-to-first-token each loop
-    # would cost more wall time than the small loop block saves by being written once.
-    warm = True
+    # Every loop's first call goes alone until its response starts, so the other calls
+    # read the loop block (and, in the first loop, the run prefix) instead of each
+    # writing it (workers.prompts). A batch starts its calls together: no warm-up.
+    first_loop = True
     for loop in todo:
         inputs.check_drift()
         theme = inputs.config.theme_for(loop)
         emit({"event": "loop_start", "loop": loop, "theme": theme.slug})
         prior = cp.prior_synthesis
         jobs = role_jobs(inputs, loop, prior, name)
-        results = await _run_reviewers(
-            jobs, backend, limiter, emit, warm_first=warm and not batched
-        )
-        if warm:
+        results = await _run_reviewers(jobs, backend, limiter, emit, warm_first=not batched)
+        if first_loop:
             _check_prefix_cached(results, emit)
-        warm = False
+        first_loop = False
         check_budget(meter, results)
         adversary = adversarial_job(inputs, loop, prior, results, name)
         results += await _run_reviewers([adversary], backend, limiter, emit)

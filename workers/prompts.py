@@ -11,13 +11,13 @@ byte-identical and come first:
 4. the task — the role's directive and scope, for the adversarial reviewer this
    loop's role findings, and the answer format: one call's own.
 
-Blocks 1 and 2 end in `cache_control` breakpoints (two of the four the API allows):
-the run prefix is written once, by the run's first call, and read by every other
-call. The loop block carries no breakpoint: caching it would need a warm-up call per
-loop (an entry exists only once a response has started, so seven calls fanned out at
-once would all write it), costing a time-to-first-token of wall time every loop for a
-block that is small next to the snapshot; and without it the usage of every call is
-the same however the concurrent calls interleave.
+Each of the three shared blocks ends in a `cache_control` breakpoint (three of the
+four the API allows), all with the run's `cache_ttl`, so a call's usage prices at one
+write rate. The run prefix (blocks 1 and 2) is written once, by the run's first
+call; the loop block by the loop's first call, which the runner sends alone until
+its response starts: an entry exists only from then, so calls fanned out at once
+would each write it. The loop's other role reviewers and its adversarial reviewer
+read both. Only the task is uncached input.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class ReviewerPrompt:
                     "role": "user",
                     "content": [
                         {"type": "text", "text": self.snapshot, "cache_control": cc},
-                        {"type": "text", "text": self.loop_block},
+                        {"type": "text", "text": self.loop_block, "cache_control": cc},
                         {"type": "text", "text": self.task},
                     ],
                 }

@@ -173,8 +173,13 @@ def test_dry_run_prices_every_call_with_the_sdk_token_counter(
     est = plan["cost_estimate"]
     assert est["total_usd"] == pytest.approx(sum(r["cost_usd"] for r in plan["calls"]), abs=1e-5)
     assert est["tokens"]["output"] == 16 * 8192
-    # Only the first call writes the shared prefix; every later one reads it.
-    assert [r["usage_estimate"]["cache_write"] > 0 for r in plan["calls"]] == [True] + [False] * 15
+    # Each loop's first call writes (the shared prefix in loop 1, the loop block in
+    # both); the loop's seven other calls read what it wrote.
+    writes = [r["usage_estimate"]["cache_write"] for r in plan["calls"]]
+    assert [w > 0 for w in writes] == ([True] + [False] * 7) * 2
+    assert writes[0] > writes[8]  # loop 2's first call reads the prefix loop 1 wrote
+    reads = [r["usage_estimate"]["cache_read"] for r in plan["calls"]]
+    assert reads[0] == 0 and all(x > 0 for x in reads[1:])
 
 
 def test_dry_run_without_a_token_counter_uses_the_byte_estimate(
@@ -187,15 +192,16 @@ def test_dry_run_without_a_token_counter_uses_the_byte_estimate(
     assert plan["token_source"] == "estimate: UTF-8 bytes / 4"
     first = plan["calls"][0]
     sizes = first["bytes"]
-    shared = math.ceil(sizes["system"] / 4) + math.ceil(sizes["snapshot"] / 4)
-    rest = math.ceil(sizes["loop_block"] / 4) + math.ceil(sizes["task"] / 4)
+    # The loop's first call writes the shared prefix and the loop block; its task is input.
+    written = sum(math.ceil(sizes[k] / 4) for k in ("system", "snapshot", "loop_block"))
+    task = math.ceil(sizes["task"] / 4)
     assert first["usage_estimate"] == {
-        "input": rest,
-        "cache_write": shared,
+        "input": task,
+        "cache_write": written,
         "cache_read": 0,
         "output": 8192,
     }
-    expected = (rest * 5.0 + shared * 10.0 + 8192 * 25.0) / 1e6
+    expected = (task * 5.0 + written * 10.0 + 8192 * 25.0) / 1e6
     assert first["cost_usd"] == pytest.approx(expected, abs=1e-6)
     assert model_calls(stub) == []
 

@@ -118,6 +118,10 @@ async def test_full_run_makes_40_calls_and_writes_every_file(
     assert cp.usage == stub.usage_totals()
 
 
+def _tokens(text: str) -> int:
+    return math.ceil(len(text.encode()) / 4)  # the stub's estimate
+
+
 async def test_shared_prefix_is_byte_identical_and_cached(
     stub: MessagesStub, repo: Path, tmp_path: Path
 ) -> None:
@@ -127,33 +131,41 @@ async def test_shared_prefix_is_byte_identical_and_cached(
     prefixes = set()
     for r in requests:
         p = r.payload
-        system, first = p["system"], p["messages"][0]["content"][0]
+        system, content = p["system"], p["messages"][0]["content"]
+        first = content[0]
         assert system[-1]["cache_control"]["type"] == "ephemeral"
         assert first["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
         assert first["text"].startswith("<repository_snapshot")
+        assert content[1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+        assert content[1]["text"].startswith("<loop number=")
+        assert "cache_control" not in content[2]
         prefixes.add(json.dumps([system, first], ensure_ascii=False))
         # The snapshot text appears verbatim (same JSON-escaped bytes) in every body.
         assert json.dumps(first["text"]).encode() in r.body
-        blocks = [b for b in p["messages"][0]["content"] if "cache_control" in b]
+        blocks = [b for b in content if "cache_control" in b]
         assert len(system) + len(blocks) <= 4  # the API allows at most 4 breakpoints
     assert len(prefixes) == 1
+    p0 = requests[0].payload
+    shared = _tokens(p0["system"][0]["text"]) + _tokens(p0["messages"][0]["content"][0]["text"])
 
-    # Cache: written once by the very first call, read by all 39 others.
-    first, rest = requests[0], requests[1:]
-    assert first.usage is not None and first.usage["cache_write"] > 0
-    assert first.usage["cache_read"] == 0
-    shared = first.usage["cache_write"]
-    # Loop 1 warms: its first call alone writes; the others wait for its answer to start.
-    loop1 = [r for r in requests if r.loop == 1]
-    assert [r for r in rest if r.usage and r.usage["cache_write"] > 0] == []
-    assert all(r.received_at >= first.started_at > 0 for r in loop1[1:])
-    # Everything after the snapshot is input: the same for every call, however the
-    # concurrent calls of a loop interleave.
-    for r in rest:
-        content = r.payload["messages"][0]["content"]
-        tail = sum(math.ceil(len(b["text"].encode()) / 4) for b in content[1:])
-        assert r.usage is not None and r.usage["input"] == tail
-        assert r.usage["cache_read"] == shared
+    for loop in range(1, 6):
+        calls = [r for r in requests if r.loop == loop]
+        assert len(calls) == 8
+        leader, rest = calls[0], calls[1:]
+        block = _tokens(leader.payload["messages"][0]["content"][1]["text"])
+        # The loop's first call goes alone until its response starts; it writes the
+        # loop block (and, in the first loop, the run prefix) ...
+        assert all(r.received_at >= leader.started_at > 0 for r in rest)
+        assert leader.usage is not None
+        assert leader.usage["cache_write"] == block + (shared if loop == 1 else 0)
+        assert leader.usage["cache_read"] == (0 if loop == 1 else shared)
+        # ... and the other seven read both: only their own task is input.
+        for r in rest:
+            content = r.payload["messages"][0]["content"]
+            assert _tokens(content[1]["text"]) == block
+            assert r.usage is not None and r.usage["cache_write"] == 0
+            assert r.usage["cache_read"] == shared + block
+            assert r.usage["input"] == _tokens(content[2]["text"])
 
 
 async def test_529_twice_then_success_delivers_findings_once(

@@ -129,9 +129,66 @@ WalRecord = DepositRecord | AttentionRecord | RowsUpdateRecord | DeleteRecord | 
 # --- hot-tier image ----------------------------------------------------------
 
 
+class SharedRows:
+    """The rows of columns an image shares with a live table, as of the image.
+
+    Copying the vector column for every snapshot (154 MB at 100k rows) would hold up the
+    table, and so would copying it when rows move while a snapshot is being written.
+    Instead an image may share its vector and id columns with the table: the table
+    calls ``preserve`` with the rows it is about to overwrite (only rows the image
+    covers are kept, each once, as first seen), and the snapshot writer reads through
+    ``read``, which lays the kept rows over a copy of one chunk. A chunk copy and a
+    ``preserve`` exclude each other, so every row read is the one the image saw.
+    """
+
+    CHUNK_BYTES = 1 << 20  # rows per chunk: a few microseconds of copying under the lock
+
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        lengths = {column.shape[0] for column in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"shared columns must have one length, got {sorted(lengths)}")
+        self.columns = columns
+        self.n = lengths.pop()
+        widest = max((c[:1].nbytes for c in columns.values()), default=1)
+        self.chunk_rows = max(1, self.CHUNK_BYTES // max(1, widest))
+        self._lock = threading.Lock()
+        # chunk number -> [(rows, {column name: their contents}), ...] in saving order
+        self._kept: dict[int, list[tuple[np.ndarray, dict[str, np.ndarray]]]] = {}
+
+    def preserve(self, rows: np.ndarray) -> None:
+        """Keep the current contents of ``rows`` (call before overwriting them)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[rows < self.n]
+        if rows.size == 0:
+            return
+        chunks = rows // self.chunk_rows
+        with self._lock:
+            for chunk in np.unique(chunks).tolist():
+                part = rows[chunks == chunk]
+                kept = {name: column[part] for name, column in self.columns.items()}
+                self._kept.setdefault(chunk, []).append((part, kept))
+
+    def read(self, name: str, chunk: int, out: np.ndarray) -> np.ndarray:
+        """Rows of chunk ``chunk`` of column ``name`` as of the image, copied into ``out``
+        (a buffer of at least ``chunk_rows`` rows); returns the filled part of it."""
+        start = chunk * self.chunk_rows
+        stop = min(self.n, start + self.chunk_rows)
+        filled = out[: stop - start]
+        with self._lock:
+            np.copyto(filled, self.columns[name][start:stop])
+            # Earliest saved contents last, so they win over later saves of the same row.
+            for rows, kept in reversed(self._kept.get(chunk, [])):
+                filled[rows - start] = kept[name]
+        return filled
+
+
 @dataclass(slots=True)
 class HotImage:
-    """Column copy of the hot tier, as written to and read from a snapshot."""
+    """Column copy of the hot tier, as written to and read from a snapshot.
+
+    ``shared``, when set, names columns (``vectors``, ``entity_ids``) that are views of a
+    live table: read them through it, not from the arrays here, which may have moved on.
+    """
 
     entity_ids: np.ndarray  # (n, 16) uint8: UUID bytes
     vectors: np.ndarray  # (n, dim) float32
@@ -143,6 +200,7 @@ class HotImage:
     payloads: list[str]
     usd_links: list[str | None]
     meta: dict  # JSON-serialisable: embedding_dim, half_life_seconds, ...
+    shared: SharedRows | None = None
 
 
 def uuids_to_array(ids: Sequence[UUID]) -> np.ndarray:
@@ -906,6 +964,7 @@ def write_snapshot(path: Path, image: HotImage, *, covers_segment: int) -> None:
         cursor = _aligned(cursor + len(_byte_view(buf)))
     header = header_bytes(offsets).ljust(body_start - _SNAP_PREFIX.size, b" ")
 
+    shared = image.shared
     tmp = path.with_name(path.name + ".tmp")
     with _snapshot_lock(path):
         renamed = False
@@ -919,7 +978,10 @@ def write_snapshot(path: Path, image: HotImage, *, covers_segment: int) -> None:
                 for name, buf in buffers.items():
                     crc = _write_crc(f, bytes(offsets[name] - written), crc)
                     view = _byte_view(buf)
-                    crc = _write_crc(f, view, crc)
+                    if shared is not None and name in shared.columns:
+                        crc = _write_shared(f, shared, name, crc)
+                    else:
+                        crc = _write_crc(f, view, crc)
                     written = offsets[name] + len(view)
                 crc = _write_crc(f, bytes(cursor - written), crc)
                 _write_all(f, _SNAP_TRAILER.pack(crc, SNAPSHOT_END))
@@ -938,6 +1000,16 @@ def _byte_view(buf: np.ndarray | bytes) -> memoryview:
     if isinstance(buf, np.ndarray):
         return memoryview(buf.reshape(-1).view(np.uint8))
     return memoryview(buf)
+
+
+def _write_shared(f: Any, shared: SharedRows, name: str, crc: int) -> int:
+    """Write a shared column chunk by chunk as of the image (one reused buffer, so the
+    copy faults in no fresh pages per chunk)."""
+    column = shared.columns[name]
+    buffer = np.empty((shared.chunk_rows, *column.shape[1:]), dtype=column.dtype)
+    for chunk in range(-(-shared.n // shared.chunk_rows)):
+        crc = _write_crc(f, _byte_view(shared.read(name, chunk, buffer)), crc)
+    return crc
 
 
 def _write_crc(f: Any, data: bytes | memoryview, crc: int = 0) -> int:

@@ -10,11 +10,11 @@ Rows are removed by moving the last rows into the holes (swap with last), done f
 many rows at once, so removal never shifts the whole table. Not thread-safe: the
 handle serialises every mutation under its lock.
 
-Snapshots do not copy the vectors. ``image`` hands out views of the vector and id
-columns and remembers them; rows below the image's length change only through
-``remove_rows``, which first moves the table to fresh columns (copy on write) while
-such a view is alive, so a snapshot being written outside the lock never sees a
-half-moved table.
+Snapshots do not copy the vectors. ``image`` shares the vector and id columns with
+the snapshot writer through a ``SharedRows`` and remembers it; while it is alive, every
+row below its length that ``remove_rows`` or ``append`` is about to overwrite is kept
+for it first (the few rows a pass moves, not the column), so a snapshot being written
+outside the lock holds the table as it was at the image.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 # the first sleep pass of a process.
 import numpy.ma
 
-from moneta.durability import HotImage
+from moneta.durability import HotImage, SharedRows
 from moneta.protocols import VectorRecord
 from moneta.types import EntityState, Memory
 
@@ -104,7 +104,8 @@ class HotTier:
         self._dim: int | None = None
         self._vectors = np.empty((0, 0), dtype=np.float32)
         self._allocate_scalars(self._capacity)
-        self._image_views: list[weakref.ref[np.ndarray]] = []
+        self._shared: list[weakref.ref[SharedRows]] = []  # images still being written
+        self._shared_rows = 0  # rows the live images cover: overwrites below keep a copy
         self.ids: list[UUID] = []
         self.payloads: list[str] = []
         self.usd_links: list[str | None] = []
@@ -168,7 +169,8 @@ class HotTier:
         self._last = grown(self._last)
         self._state = grown(self._state)
         self._capacity = capacity
-        self._image_views = []  # images read the old columns, which no longer change
+        # Images read the old columns, which no longer change.
+        self._shared, self._shared_rows = [], 0
 
     # --- views -----------------------------------------------------------------
 
@@ -218,6 +220,8 @@ class HotTier:
         row = self._n
         if row == self._capacity:
             self._grow(row + 1)
+        if row < self._shared_rows:
+            self._preserve(np.array([row], dtype=np.int64))
         self._vectors[row] = vector
         self._uuid_bytes[row] = np.frombuffer(entity_id.bytes, dtype=np.uint8)
         self._utility[row] = utility
@@ -241,7 +245,6 @@ class HotTier:
         doomed = np.unique(np.asarray(rows, dtype=np.int64))
         if doomed.size == 0:
             return []
-        self._unshare_imaged_columns()
         n = self._n
         new_n = n - doomed.size
         removed = [self.ids[r] for r in doomed.tolist()]
@@ -249,6 +252,8 @@ class HotTier:
         tail = np.arange(new_n, n, dtype=np.int64)
         movers = tail[~np.isin(tail, doomed, assume_unique=True)]
         if holes.size:
+            if self._shared_rows:
+                self._preserve(holes)
             if self._dim is not None:
                 self._vectors[holes] = self._vectors[movers]
             for column in (
@@ -272,21 +277,14 @@ class HotTier:
         self._n = new_n
         return removed
 
-    def _unshare_imaged_columns(self) -> None:
-        """Copy on write: move to fresh vector/id columns while a snapshot image still
-        reads the current ones, so rows the image covers never change under it."""
-        alive = [ref for ref in self._image_views if ref() is not None]
-        self._image_views = []
-        if not alive:
-            return
-        n = self._n
-        if self._dim is not None:
-            vectors = np.empty_like(self._vectors)
-            vectors[:n] = self._vectors[:n]
-            self._vectors = vectors
-        ids = np.empty_like(self._uuid_bytes)
-        ids[:n] = self._uuid_bytes[:n]
-        self._uuid_bytes = ids
+    def _preserve(self, rows: np.ndarray) -> None:
+        """Keep ``rows`` of the vector and id columns for every image still being written
+        (called before they are overwritten), and forget the images that are gone."""
+        alive = [shared for ref in self._shared if (shared := ref()) is not None]
+        for shared in alive:
+            shared.preserve(rows)
+        self._shared = [weakref.ref(shared) for shared in alive]
+        self._shared_rows = max((shared.n for shared in alive), default=0)
 
     def set_usd_link(self, row: int, link: str | None) -> None:
         self.usd_links[row] = link
@@ -311,18 +309,21 @@ class HotTier:
         """The table for a snapshot (call under the handle's lock).
 
         Scalar columns and the string lists are copied (small); the vector and id
-        columns are views, protected by copy on write in ``remove_rows`` for as long
-        as the image is alive, so taking an image costs no vector copy and the
-        snapshot can be written outside the lock while deposits continue.
+        columns are shared (``HotImage.shared``: rows overwritten while the image is
+        alive are kept for it), so taking an image costs no vector copy and the
+        snapshot can be written outside the lock while deposits and passes continue.
         """
         n = self._n
+        entity_ids = self._uuid_bytes[:n]
+        columns = {"entity_ids": entity_ids}
         if self._dim is not None:
-            vectors = self._vectors[:n]
-            self._image_views.append(weakref.ref(vectors))
+            vectors = columns["vectors"] = self._vectors[:n]
         else:
             vectors = np.empty((0, 0), dtype=np.float32)
-        entity_ids = self._uuid_bytes[:n]
-        self._image_views.append(weakref.ref(entity_ids))
+        shared = SharedRows(columns)
+        self._shared = [ref for ref in self._shared if ref() is not None]
+        self._shared.append(weakref.ref(shared))
+        self._shared_rows = max(self._shared_rows, n)
         return HotImage(
             entity_ids=entity_ids,
             vectors=vectors,
@@ -334,6 +335,7 @@ class HotTier:
             payloads=self.payloads[:n],
             usd_links=self.usd_links[:n],
             meta=dict(meta),
+            shared=shared,
         )
 
     def records(self, rows: Sequence[int] | np.ndarray) -> list[VectorRecord]:

@@ -20,6 +20,7 @@ from moneta.durability import (
     AttentionRecord,
     DepositRecord,
     HotImage,
+    SharedRows,
     WriteAheadLog,
     array_to_uuids,
     read_snapshot,
@@ -341,9 +342,9 @@ def test_snapshot_racing_appends_loses_and_duplicates_nothing(tmp_path: Path) ->
 def test_a_hot_tier_image_keeps_its_rows_while_the_table_prunes_and_grows(
     tmp_path: Path,
 ) -> None:
-    """The image hands out views of the vector and id columns (no copy under the lock);
-    removing rows while it is alive must not move rows under it (copy on write), and
-    the table itself must stay right."""
+    """The image shares the vector and id columns (no copy under the lock); rows that
+    removal and appends overwrite while it is alive are kept for it, so the snapshot
+    holds the rows as of the image, and the table itself must stay right."""
     from moneta.ecs import HotTier
 
     dim = 8
@@ -361,12 +362,13 @@ def test_a_hot_tier_image_keeps_its_rows_while_the_table_prunes_and_grows(
     want_vectors, want_ids = image.vectors.copy(), image.entity_ids.copy()
 
     hot.remove_rows([0, 7, 31])  # the last rows move into these holes
-    late = uuid.uuid4()
+    late = uuid.uuid4()  # appended at row 47, which the image covers
     hot.append(late, vector(99), "late", floor=0.0, utility=1.0, attended=0,
                last_evaluated=99.0)  # fmt: skip
 
-    assert np.array_equal(image.vectors, want_vectors)
-    assert np.array_equal(image.entity_ids, want_ids)
+    assert not np.array_equal(image.vectors, want_vectors)  # the live rows did move
+    assert np.array_equal(_as_of_image(image, "vectors"), want_vectors)
+    assert np.array_equal(_as_of_image(image, "entity_ids"), want_ids)
     write_snapshot(tmp_path / SNAPSHOT_FILE_NAME, image, covers_segment=1)
     got = read_snapshot(tmp_path / SNAPSHOT_FILE_NAME)
     assert got is not None
@@ -382,3 +384,41 @@ def test_a_hot_tier_image_keeps_its_rows_while_the_table_prunes_and_grows(
         assert np.allclose(hot.vectors[row], vector(expected[entity_id]))
         assert hot.payloads[row] == ("late" if entity_id == late else f"p{expected[entity_id]}")
     assert array_to_uuids(hot.image({}).entity_ids) == hot.ids
+
+
+def _as_of_image(image: HotImage, name: str) -> np.ndarray:
+    """A shared column of ``image`` read back whole, chunk by chunk, as the writer does."""
+    shared = image.shared
+    assert shared is not None
+    column = shared.columns[name]
+    buffer = np.empty((shared.chunk_rows, *column.shape[1:]), dtype=column.dtype)
+    chunks = range(-(-shared.n // shared.chunk_rows))
+    return np.concatenate([shared.read(name, c, buffer).copy() for c in chunks])
+
+
+def test_shared_rows_keep_the_first_contents_of_a_row_across_chunks(tmp_path: Path) -> None:
+    """Rows overwritten more than once read back as they were when the image was taken,
+    in every chunk; rows past the image's length are not the image's concern."""
+    vectors = np.arange(40, dtype=np.float32).reshape(10, 4)
+    ids = np.arange(160, dtype=np.uint8).reshape(10, 16)
+    want_vectors, want_ids = vectors.copy(), ids.copy()
+    shared = SharedRows({"vectors": vectors[:8], "entity_ids": ids[:8]})
+    shared.chunk_rows = 3  # chunks [0, 3), [3, 6), [6, 8)
+    for rows, fill in (([1, 4], -1.0), ([4, 7, 9], -2.0), ([1], -3.0)):
+        shared.preserve(np.array(rows))
+        vectors[rows] = fill
+        ids[rows] = 0
+    image = HotImage(
+        entity_ids=ids[:8], vectors=vectors[:8], utility=np.zeros(8),
+        attended_count=np.zeros(8, dtype=np.int64), protected_floor=np.zeros(8),
+        last_evaluated=np.zeros(8), state=np.zeros(8, dtype=np.int8),
+        payloads=[f"p{i}" for i in range(8)], usd_links=[None] * 8, meta={}, shared=shared,
+    )  # fmt: skip
+
+    assert np.array_equal(_as_of_image(image, "vectors"), want_vectors[:8])
+    assert np.array_equal(_as_of_image(image, "entity_ids"), want_ids[:8])
+    write_snapshot(tmp_path / SNAPSHOT_FILE_NAME, image, covers_segment=1)
+    got = read_snapshot(tmp_path / SNAPSHOT_FILE_NAME)
+    assert got is not None
+    assert np.array_equal(got[0].vectors, want_vectors[:8])
+    assert np.array_equal(got[0].entity_ids, want_ids[:8])

@@ -29,7 +29,11 @@ on ``ranked``, retrained when the table has doubled since the last training. (Th
 Queries use them with a refine step (exact re-ranking of the candidates) and still
 scan rows not yet indexed, so a new row is found before the index covers it.
 ``maintain()`` also compacts fragments, folds new rows into every index and deletes
-files of old table versions.
+files of old table versions. The writer does the same every ``compact_every`` group
+commits, so fragments and versions stay bounded between sleep passes however small
+the commits: every LanceDB commit writes a manifest listing every fragment, and its
+auto-cleanup reads every version's manifest, so unbounded counts made each commit
+slower than the last.
 """
 
 from __future__ import annotations
@@ -76,6 +80,13 @@ DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 10
 _IN_CHUNK = 1000  # ids per `id IN (...)` filter
 _OPTIMIZE_BEFORE_UPDATE = 64  # commits after which an update first compacts
+# Group commits between two compactions on the writer: each LanceDB commit writes a
+# manifest listing every fragment and version, so both are kept this small.
+DEFAULT_COMPACT_EVERY = 128
+# LanceDB caches the metadata of every table version it has read (manifests, fragment
+# and index metadata); with a version per group commit the default cache grew past
+# 1 GB over 20,000 commits. Index partitions have their own, default-sized cache.
+METADATA_CACHE_BYTES = 64 << 20
 _FIELDS = (
     "id",
     VECTOR_COLUMN,
@@ -292,12 +303,14 @@ class LanceVectorIndex:
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         nprobes: int = DEFAULT_NPROBES,
         refine_factor: int = DEFAULT_REFINE_FACTOR,
+        compact_every: int = DEFAULT_COMPACT_EVERY,
     ) -> None:
         _check_int("dim", dim, 1, allow_none=True)
         _check_int("commit_every", commit_every, 1)
         _check_int("ann_threshold", ann_threshold, 1)
         _check_int("nprobes", nprobes, 1)
         _check_int("refine_factor", refine_factor, 1)
+        _check_int("compact_every", compact_every, 1)
         if not isinstance(commit_interval_s, int | float) or not commit_interval_s > 0:
             raise ValueError(f"commit_interval_s must be a number > 0, got {commit_interval_s!r}")
         self._directory = Path(directory)
@@ -307,6 +320,7 @@ class LanceVectorIndex:
         self._ann_threshold = ann_threshold
         self._nprobes = nprobes
         self._refine_factor = refine_factor
+        self._compact_every = compact_every
         self._lock = threading.Lock()  # buffers, dim, closed flag
         self._commit_lock = threading.Lock()  # one writer of the table at a time
         self._maintain_lock = threading.Lock()
@@ -315,7 +329,8 @@ class LanceVectorIndex:
         self._inflight: dict[UUID, VectorRecord | None] = {}  # being committed
         self._closed = False
         self.commits = 0
-        self._db = lancedb.connect(str(self._directory))
+        session = lancedb.Session(metadata_cache_size_bytes=METADATA_CACHE_BYTES)
+        self._db = lancedb.connect(str(self._directory), session=session)
         self._table: Any = None
         self._known = _IdSet(np.empty(0, dtype="S16"))
         self._commits_since_optimize = 0
@@ -513,6 +528,8 @@ class LanceVectorIndex:
         self._commits_since_optimize += 1
         if not self._scalar_ready:
             self._scalar_indices()
+        if self._commits_since_optimize >= self._compact_every:
+            self._compact(table)
 
     def _create_table(self, dim: int) -> None:
         self._table = self._db.create_table(TABLE_NAME, schema=stored_schema(dim), exist_ok=True)
@@ -773,17 +790,36 @@ class LanceVectorIndex:
             with self._commit_lock:
                 self._scalar_indices()
                 self._optimize(table)
-                # Only this process writes (store lock) and no search is reading, so
-                # every file not in the latest version can go now.
-                with self._files.write(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
-                self._known.rebuild()
+                self._prune(table)
 
     def _optimize(self, table: Any) -> None:
         """Compact fragments and fold new rows into every index; keeps old files."""
         table.optimize(cleanup_older_than=timedelta(days=36_500))
         self._commits_since_optimize = 0
+
+    def _prune(self, table: Any) -> None:
+        """Delete every file not in the latest version; the caller holds the commit lock.
+
+        Only this process writes (store lock) and no search is reading meanwhile, so
+        no other version is in use. Index training (``maintain``) must not run at the
+        same time: its files are not in any version until it commits.
+        """
+        with self._files.write(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
+        self._commits_since_optimize = 0
+        self._known.rebuild()
+
+    def _compact(self, table: Any) -> None:
+        """Bound fragments and versions between sleep passes (every ``compact_every``
+        commits, on the writer). Skipped while ``maintain`` runs, which does the same."""
+        if not self._maintain_lock.acquire(blocking=False):
+            return
+        try:
+            self._optimize(table)
+            self._prune(table)
+        finally:
+            self._maintain_lock.release()
 
     def _build_ann(self, rows: int) -> None:
         """Train the ANN indices on the current rows (replacing an older training):

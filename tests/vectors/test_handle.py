@@ -92,27 +92,39 @@ def test_dimension_fixed_by_first_deposit_across_reopen(tmp_path: Path) -> None:
         assert [x.entity_id for x in m.query(unit(1).tolist(), limit=1)] == [first]
 
 
-# The issue asks for 20,000 commits. At that count LanceDB's version cleanup (it reads
-# every old manifest, each listing every fragment) did not finish within an hour on
-# the 2-core machine, so the suite runs 2,000; see docs/benchmarks.md.
-SINGLE_ROW_COMMITS = 2_000
+# The issue asks for 20,000 commits; they take 3-5 minutes here (about 8 ms per LanceDB
+# commit, which writes a data file, a transaction file and a manifest), too long for
+# the suite. The bound checked below is what makes that count the same shape.
+SINGLE_ROW_COMMITS = 5_000
+COMPACT_EVERY = 128
 
 
 def test_sleep_pass_compacts_after_many_single_row_commits(tmp_path: Path) -> None:
     index = LanceVectorIndex(tmp_path / VECTORS_DIR, commit_every=1_000_000,
-                             commit_interval_s=3600.0)  # fmt: skip
+                             commit_interval_s=3600.0, compact_every=COMPACT_EVERY)  # fmt: skip
     written = []
+    most_fragments = most_versions = 0
     for i in range(SINGLE_ROW_COMMITS):
         rec = record(i, state=EntityState.CONSOLIDATED, utility=0.2, usd_link=f"/Memory_{i}")
         index.upsert([rec])
         index.commit()
         written.append(rec.entity_id)
+        if i % 1_000 == 999 or i % COMPACT_EVERY == COMPACT_EVERY - 2:
+            shape = index.table_stats()
+            most_fragments = max(most_fragments, shape.fragments)
+            most_versions = max(most_versions, shape.versions)
     assert index.commits == SINGLE_ROW_COMMITS
     before = index.table_stats()
     index.close()
-    assert before.rows == SINGLE_ROW_COMMITS and before.fragments >= SINGLE_ROW_COMMITS
+    # The writer compacts and drops old versions every COMPACT_EVERY commits, so
+    # neither grows with the number of commits.
+    assert before.rows == SINGLE_ROW_COMMITS
+    assert COMPACT_EVERY // 2 < most_fragments <= COMPACT_EVERY + 1
+    assert most_versions <= COMPACT_EVERY + 2
+    assert before.fragments == SINGLE_ROW_COMMITS % COMPACT_EVERY + 1 > 1
 
-    with Moneta(store_config(tmp_path)) as m:
+    # No ANN index: what the sleep pass changes on disk here is compaction alone.
+    with Moneta(store_config(tmp_path, ann_index_threshold=1_000_000)) as m:
         m.run_sleep_pass()
         best = m.query(unit(1_234).tolist(), limit=1)[0]
         assert best.entity_id == written[1_234]
@@ -120,7 +132,7 @@ def test_sleep_pass_compacts_after_many_single_row_commits(tmp_path: Path) -> No
     index = LanceVectorIndex(tmp_path / VECTORS_DIR)
     after = index.table_stats()
     assert after.rows == SINGLE_ROW_COMMITS
-    assert after.fragments < before.fragments // 100
+    assert after.fragments == 1 < before.fragments
     assert after.disk_bytes < before.disk_bytes
     assert after.versions < before.versions
     assert {r.entity_id for r in index.get(written[::97])} == set(written[::97])

@@ -135,6 +135,8 @@ def test_bad_arguments_name_the_argument(tmp_path: Path) -> None:
         index.search(unit(1), 0)
     with pytest.raises(ValueError, match="commit_every must be >= 1"):
         LanceVectorIndex(tmp_path / "other", commit_every=0)
+    with pytest.raises(ValueError, match="compact_every must be >= 1"):
+        LanceVectorIndex(tmp_path / "other", compact_every=0)
     assert index.count() == 0
     index.close()
 
@@ -213,8 +215,14 @@ def test_ann_index_built_past_threshold_and_unindexed_rows_found(tmp_path: Path)
     reopened.close()
 
 
-def test_concurrent_writers_readers_and_maintenance_lose_nothing(tmp_path: Path) -> None:
-    index = LanceVectorIndex(tmp_path, commit_every=50, commit_interval_s=0.05)
+# compact_every=2: the flusher compacts and deletes old versions while searches read.
+@pytest.mark.parametrize("compact_every", [128, 2])
+def test_concurrent_writers_readers_and_maintenance_lose_nothing(
+    tmp_path: Path, compact_every: int
+) -> None:
+    index = LanceVectorIndex(
+        tmp_path, commit_every=50, commit_interval_s=0.05, compact_every=compact_every
+    )
     written: list[list[uuid.UUID]] = [[] for _ in range(4)]
     errors: list[BaseException] = []
 

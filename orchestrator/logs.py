@@ -57,7 +57,7 @@ def job_context(job_id: str) -> dict[str, Any]:
 
 
 def _rq_job_context() -> dict[str, Any]:
-    """Context of the RQ job this process is executing, if any (a work horse)."""
+    """Context of the RQ job this process is executing, if any (a worker running a job)."""
     from rq import get_current_job
 
     try:

@@ -15,18 +15,21 @@ job's result replaces its own slot in the run state, a job that runs twice still
 yields its findings once.
 
 Why jobs run in the worker process (`rq.SimpleWorker`) rather than in a forked work
-horse: a review job spends its time waiting on one model call, and on a small machine
-the fork was most of the rest. Each fork copied the pages the job touched (~7,000
-page faults) and re-did per-process setup, ~20 ms of CPU and of dispatch time per job
-against ~4 ms in-process, paid by every worker at once when a loop fans out; in one
-long-lived process the SDK's lazy setup (`workers.sdk_prime`), the TLS context and
-the run's blobs (`orchestrator.distributed`) are built once and reused by every job.
+horse: a review job spends its time waiting on one model call, and forking a horse
+per job is most of the rest. On a 2-core machine a horse costs ~20 ms of CPU and of
+dispatch time per job (it copies the ~7,000 pages the job touches and redoes the
+per-process setup) against ~5 ms in-process, and every worker pays it at once when a
+loop fans out. In one long-lived process the SDK's lazy setup (`workers.sdk_prime`),
+the TLS context and the run's inputs (`orchestrator.distributed`) are built once and
+serve every job.
 The fork's isolation is not needed for fault tolerance: a job that times out is
 stopped by RQ's SIGALRM in this process, and a worker that dies takes its job with it,
 which the heartbeat makes visible. Without a work horse nobody heartbeats a running
 job, so `ReviewWorker` does it from a thread every `job_monitoring_interval` seconds,
 as the forking parent would; a SIGKILLed worker's job then counts as abandoned
-`abandon_grace` seconds after its last beat.
+`abandon_grace` seconds after its last beat. The thread also takes the parent's other
+duty: a job still running `hung_grace` seconds past its timeout (stuck where SIGALRM
+cannot reach it) ends the worker process, and the job is retried elsewhere.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -53,6 +57,7 @@ QUEUE_NAMES = ("reviewer", "synth", "gist")  # gist: workers.gist (moneta gists)
 DEFAULT_MAINTENANCE_INTERVAL = 15
 DEFAULT_MONITORING_INTERVAL = 5
 DEFAULT_ABANDON_GRACE = 30
+HUNG_GRACE = 60  # seconds past a job's timeout before the worker gives up on it (as RQ's)
 PRELOAD = ("orchestrator.distributed", "anthropic")
 
 
@@ -70,7 +75,15 @@ class JobHeartbeat:
         self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{job.id}", daemon=True)
 
     def _beat(self) -> None:
+        timeout = self.job.timeout or Queue.DEFAULT_TIMEOUT
+        deadline = None if timeout == -1 else time.monotonic() + timeout + self.worker.hung_grace
         while not self.stopped.wait(self.worker.job_monitoring_interval):
+            if deadline is not None and time.monotonic() > deadline:
+                # RQ's SIGALRM did not stop the job: it is stuck where Python cannot run a
+                # signal handler. End the process as a crashed machine would, so the job
+                # counts as abandoned and is retried by another worker.
+                logger.error("job %s is stuck past its timeout: worker exits", self.job.id)
+                os._exit(1)
             try:
                 self.worker.maintain_heartbeats(self.job, self.execution)
             except redis.RedisError as exc:  # Redis restarting: the next beat tries again
@@ -95,6 +108,7 @@ class ReviewWorker(SimpleWorker):
     deadline and maintenance cadence."""
 
     abandon_grace: int = DEFAULT_ABANDON_GRACE
+    hung_grace: int = HUNG_GRACE
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds until the job's started-registry entry expires without a heartbeat."""

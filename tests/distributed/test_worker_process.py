@@ -7,10 +7,14 @@ build, and that a running job stays visibly alive however long its model call ta
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -22,7 +26,13 @@ from orchestrator.plan import prepare_run, role_jobs
 from orchestrator.runstate import RunState
 from tests.support.messages_stub import MessagesStub
 from tests.support.redis_server import RedisServer, wait_until
-from tests.support.review_processes import FAST_WORKER, Workers, enqueue_run, wait_run_end
+from tests.support.review_processes import (
+    FAST_WORKER,
+    ROOT,
+    Workers,
+    enqueue_run,
+    wait_run_end,
+)
 from workers.sdk_prime import PRIME_TEXT, prime_sdk
 
 
@@ -104,4 +114,36 @@ def test_job_running_longer_than_its_heartbeat_ttl_is_not_taken_for_abandoned(
     assert job.get_status() == JobStatus.FINISHED
     assert job.retries_left == JOB_RETRIES
     assert [(r.role, r.loop) for r in stub.recorded()].count(("usd", 1)) == 1
+    conn.close()
+
+
+STUCK_WORKER = """
+import sys
+import redis
+from workers.rq_worker import make_worker
+
+worker = make_worker(redis.Redis.from_url(sys.argv[1]), ["reviewer"], job_monitoring_interval=1)
+worker.hung_grace = 1
+worker.work(burst=True)
+"""
+
+
+def test_worker_exits_when_a_job_is_stuck_past_its_timeout(own_redis: RedisServer) -> None:
+    conn = own_redis.client()
+    job = Queue("reviewer", connection=conn, serializer=JSONSerializer).enqueue_call(
+        "tests.support.blocking_jobs.sleep_deaf_to_alarms", args=[300], timeout=1, job_id="stuck-1"
+    )
+    # The subprocess timeout is the bound: a worker that waits the sleep out fails the test.
+    done = subprocess.run(
+        [sys.executable, "-c", STUCK_WORKER, own_redis.url],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "job stuck-1 is stuck past its timeout: worker exits" in done.stderr
+    # Left started, as by a crashed worker: abandoned-job detection retries it.
+    assert job.get_status() == JobStatus.STARTED
     conn.close()

@@ -343,7 +343,9 @@ def main() -> None:
     parser.add_argument(
         "--blas-threads",
         type=int,
-        help="OPENBLAS_NUM_THREADS for the measured process (default: OpenBLAS decides)",
+        help="OPENBLAS_NUM_THREADS for the measured process (default: OpenBLAS decides, as "
+        "for a user: one thread per core; the 100k query target needs the memory bandwidth "
+        "of both cores of a 2-core machine, one thread alone does not reach it)",
     )
     parser.add_argument(
         "--nice",

@@ -91,9 +91,8 @@ def zero_usage() -> dict[str, int]:
 def shared_ssl_context() -> ssl.SSLContext:
     """The SDK's default verified TLS context, built once per process.
 
-    Loading the CA bundle costs tens of milliseconds per client; a queue worker
-    builds a client per job in a forked work horse, which inherits this context
-    when the worker built it before forking (`workers.rq_worker`).
+    Loading the CA bundle costs tens of milliseconds per client, and a queue worker
+    builds a client per job (`workers.rq_worker` builds this once at start-up).
     """
     return httpx2.create_ssl_context()
 

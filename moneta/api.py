@@ -40,7 +40,7 @@ from moneta.consolidation import (
 )
 from moneta.decay import decay_rate, decayed_utility
 from moneta.durability import DeleteRecord, DepositRecord, StoreLock, UnpinRecord
-from moneta.ecs import HotTier
+from moneta.ecs import HotTier, top_rows
 from moneta.errors import MonetaClosedError, ProtectedQuotaExceededError
 from moneta.journal import Journal, attention_record, rows_update
 from moneta.manifest import consolidation_manifest, staged_rows
@@ -368,9 +368,7 @@ class Moneta:
         utility = decayed_utility(cols.utility, cols.last_evaluated, cols.floor, now, self._rate)
         scores = hot.vectors @ query
         scores *= utility
-        k = min(limit, n)
-        top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
-        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top_rows(scores, limit)
         return [(float(scores[r]), hot.memory(int(r), float(utility[r]))) for r in top]
 
     def _search_cold(self, query: np.ndarray, limit: int) -> list[tuple[float, Memory]]:

@@ -59,6 +59,38 @@ def allocate(capacity: int, tail: tuple[int, ...], dtype: type, minimum: int) ->
             capacity = max(minimum, capacity // 2)
 
 
+TOP_BLOCK = 64  # scores per block in ``top_rows``: 1.6k block maxima at 100k rows
+
+
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest of ``scores`` (1-D, no NaN), best first.
+
+    ``argpartition`` over every score costs ~70 µs at 10k rows and ~0.7 ms at 100k, as
+    much as the scan's tail: for long inputs, the k blocks of ``TOP_BLOCK`` scores with
+    the largest maxima hold the k largest scores (a block outside them has a maximum
+    below k other blocks' maxima), so only their members are partitioned.
+    """
+    n = scores.shape[0]
+    k = min(k, n)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k == n:
+        top = np.arange(n)
+    elif n < 8 * TOP_BLOCK or n < 4 * k * TOP_BLOCK:
+        top = np.argpartition(scores, n - k)[n - k :]
+    else:
+        full = n - n % TOP_BLOCK
+        maxima = scores[:full].reshape(-1, TOP_BLOCK).max(axis=1)
+        if full < n:
+            maxima = np.append(maxima, scores[full:].max())
+        blocks = np.argpartition(maxima, maxima.shape[0] - k)[maxima.shape[0] - k :]
+        candidates = (blocks[:, None] * TOP_BLOCK + np.arange(TOP_BLOCK)).reshape(-1)
+        candidates = candidates[candidates < n]
+        chosen = np.argpartition(scores[candidates], candidates.shape[0] - k)
+        top = candidates[chosen[candidates.shape[0] - k :]]
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
 def uuids_from_bytes(raw: np.ndarray) -> list[UUID]:
     """UUIDs from an ``(n, 16) uint8`` column, without ``UUID.__init__``'s parsing
     (about 3x faster; a store reopens 100k ids)."""

@@ -25,7 +25,7 @@ from uuid import UUID
 
 import numpy as np
 
-from moneta.ecs import MIN_CAPACITY, allocate, reserve
+from moneta.ecs import MIN_CAPACITY, allocate, reserve, top_rows
 from moneta.protocols import VectorRecord
 from moneta.types import EntityState
 
@@ -170,10 +170,7 @@ class _Partition:
         scores *= self.inv_norm[:n]
         if weighted:
             scores = scores * self.utility[:n]
-        k = min(limit, n)
-        top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(float(scores[r]), int(r)) for r in top]
+        return [(float(scores[r]), int(r)) for r in top_rows(scores, limit)]
 
 
 class InMemoryVectorIndex:

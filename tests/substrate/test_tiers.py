@@ -5,6 +5,7 @@ both tiers is shown once."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from moneta import EntityState, Moneta, MonetaConfig
 from tests.substrate.conftest import FakeClock, unit_vector
@@ -56,3 +57,22 @@ def test_unknown_and_pruned_ids_are_not_hydrated(clock: FakeClock) -> None:
         assert (report.hydrated, report.attention_applied) == (0, 0)
         assert m.query(v, limit=5) == []
         assert m.stats().index_records == 0
+
+
+@pytest.mark.parametrize("n", [1, 5, 63, 64, 511, 512, 1000, 5_000, 10_007, 100_003])
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_top_rows_finds_the_largest_scores_best_first(n: int, k: int) -> None:
+    """The block shortcut of top_rows returns exactly the k largest scores, in order,
+    including when they cluster in one block, sit in the short last block, or tie."""
+    from moneta.ecs import top_rows
+
+    rng = np.random.default_rng(n * 100 + k)
+    for scores in (
+        rng.standard_normal(n).astype(np.float32),
+        np.sort(rng.standard_normal(n)),  # the best all in the last (short) block
+        np.round(rng.standard_normal(n), 1),  # many ties
+    ):
+        top = top_rows(scores, k)
+        want = np.sort(scores)[::-1][: min(k, n)]
+        assert len(set(top.tolist())) == len(top) == min(k, n)
+        assert np.array_equal(scores[top], want)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,12 @@ sys.path.insert(0, str(ROOT))
 
 from moneta import Moneta  # noqa: E402
 from moneta.config import MonetaConfig  # noqa: E402
-from moneta.lance_index import LanceVectorIndex, table_schema  # noqa: E402
+from moneta.lance_index import (  # noqa: E402
+    RANKED_COLUMN,
+    VECTOR_COLUMN,
+    LanceVectorIndex,
+    table_schema,
+)
 from moneta.protocols import VectorRecord  # noqa: E402
 from moneta.store import VECTORS_DIR  # noqa: E402
 from moneta.types import EntityState  # noqa: E402
@@ -289,6 +295,18 @@ def run_measure(store: Path, qfile: Path, truth_file: Path, count: int) -> dict[
     return json.loads(out.stdout)
 
 
+def ivf_partitions(index: LanceVectorIndex, query: np.ndarray) -> dict[str, int | None]:
+    """IVF partitions of each ANN index, read from LanceDB's query plan (the sleep
+    pass's ``optimize`` re-balances them, so this is what queries actually probe)."""
+    out: dict[str, int | None] = {}
+    for column, metric in ((VECTOR_COLUMN, "cosine"), (RANKED_COLUMN, "dot")):
+        search = index._table.search(query, vector_column_name=column).distance_type(metric)
+        plan = search.limit(LIMIT).select(["id", "_distance"]).analyze_plan()
+        found = re.search(r"partitions_ranked=(\d+)", plan)
+        out[column] = int(found.group(1)) if found else None
+    return out
+
+
 def bench_size(
     work: Path, base: Path, cold: int, hot: int, nq: int, exact_queries: int
 ) -> dict[str, Any]:
@@ -313,6 +331,7 @@ def bench_size(
     index.maintain()  # scalar indices, IVF_RQ training, compaction, cleanup
     build_s = time.perf_counter() - t
     stats = index.table_stats()
+    partitions = ivf_partitions(index, qs[0])
     index.close()
     ann = run_measure(store, qfile, truth_file, nq)
     return {
@@ -322,6 +341,7 @@ def bench_size(
         "index_build_s": round(build_s, 2),
         "disk_bytes": du(store / VECTORS_DIR),
         "fragments": stats.fragments,
+        "ivf_partitions": partitions,
         "exact": exact,
         "ann": ann,
     }

@@ -79,9 +79,11 @@ DEFAULT_ANN_THRESHOLD = 10_000
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 10
 # IVF partitions of about this many rows: a query probes `nprobes` of them, so this
-# bounds the codes it compares (LanceDB's default, 8,192 rows, made a query over 110k
-# rows compare all of them, 32 of its 46 ms). Training samples this many rows per
-# partition (LanceDB's default is 256), which keeps training time down at 1M rows.
+# bounds the codes it compares (LanceDB's default made a query over 110k rows compare
+# all of them, 32 of its 46 ms). It is given as the index's target partition size, not
+# a partition count, because ``optimize`` re-balances partitions towards that target
+# (a count alone was undone: 107 partitions became 4). Training samples this many
+# rows per partition (LanceDB's default is 256), which keeps training time down at 1M.
 ROWS_PER_PARTITION = 1024
 IVF_SAMPLE_RATE = 64
 _IN_CHUNK = 1000  # ids per `id IN (...)` filter
@@ -831,20 +833,19 @@ class LanceVectorIndex:
         """Train the ANN indices on the current rows (replacing an older training):
         IVF_RQ cosine on ``vector``, IVF_SQ dot on ``ranked`` (weighted search)."""
         logger.info("building the ANN indices of %s over %d rows", self._directory, rows)
-        partitions = max(1, rows // ROWS_PER_PARTITION)
+        ivf: dict[str, Any] = {
+            "target_partition_size": ROWS_PER_PARTITION,
+            "sample_rate": IVF_SAMPLE_RATE,
+        }
         self._table.create_index(
             VECTOR_COLUMN,
-            config=IvfRq(
-                distance_type="cosine", num_partitions=partitions, sample_rate=IVF_SAMPLE_RATE
-            ),
+            config=IvfRq(distance_type="cosine", **ivf),
             replace=True,
             name=VECTOR_INDEX,
         )
         self._table.create_index(
             RANKED_COLUMN,
-            config=IvfSq(
-                distance_type="dot", num_partitions=partitions, sample_rate=IVF_SAMPLE_RATE
-            ),
+            config=IvfSq(distance_type="dot", **ivf),
             replace=True,
             name=RANKED_INDEX,
         )

@@ -86,6 +86,10 @@ DEFAULT_REFINE_FACTOR = 10
 # rows per partition (LanceDB's default is 256), which keeps training time down at 1M.
 ROWS_PER_PARTITION = 1024
 IVF_SAMPLE_RATE = 64
+# Each compaction that folds new rows into an ANN index adds a delta index. A query
+# searches every delta, and fragments covered by different deltas are never merged,
+# so past this many the sleep pass retrains the indices over the whole table.
+MAX_ANN_DELTAS = 16
 _IN_CHUNK = 1000  # ids per `id IN (...)` filter
 _OPTIMIZE_BEFORE_UPDATE = 64  # commits after which an update first compacts
 # Group commits between two compactions on the writer: each LanceDB commit writes a
@@ -172,6 +176,7 @@ class TableStats:
     versions: int
     indices: tuple[str, ...]
     ann_indexed: bool
+    ann_deltas: int = 0  # delta indices of the weighted ANN index (see MAX_ANN_DELTAS)
 
 
 class _ReadWriteLock:
@@ -793,7 +798,7 @@ class LanceVectorIndex:
             rows = table.count_rows()
             first = not self._ann and rows >= self._ann_threshold
             grown = self._ann and rows >= 2 * self._trained_rows()  # retrain on doubling
-            if first or grown:
+            if first or grown or (self._ann and self._ann_deltas() > MAX_ANN_DELTAS):
                 self._build_ann(rows)
             with self._commit_lock:
                 self._scalar_indices()
@@ -852,6 +857,10 @@ class LanceVectorIndex:
         self._write_meta({"ann_trained_rows": rows})
         self._ann = True
 
+    def _ann_deltas(self) -> int:
+        stats = self._table.index_stats(RANKED_INDEX)
+        return int(stats.num_indices) if stats is not None else 0
+
     def _trained_rows(self) -> int:
         return int(self._read_meta().get("ann_trained_rows", self._ann_threshold))
 
@@ -887,6 +896,7 @@ class LanceVectorIndex:
             versions=len(self._table.list_versions()),
             indices=tuple(sorted(i.name for i in self._table.list_indices())),
             ann_indexed=self._ann,
+            ann_deltas=self._ann_deltas() if self._ann else 0,
         )
 
     # --- lifecycle ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ import lancedb
 import numpy as np
 import pytest
 
-from moneta.lance_index import TABLE_NAME, LanceVectorIndex
+from moneta.lance_index import MAX_ANN_DELTAS, TABLE_NAME, LanceVectorIndex
 from moneta.types import EntityState
 from tests.vectors.support import DIM, record, unit, wait_for
 
@@ -250,4 +250,26 @@ def test_concurrent_writers_readers_and_maintenance_lose_nothing(
     assert committed(tmp_path) == 1600
     assert index.count() == 1600
     assert {r.entity_id for r in index.get(everything)} == everything
+    index.close()
+
+
+def test_sleep_pass_retrains_ann_after_many_deltas_and_merges_fragments(tmp_path: Path) -> None:
+    index = LanceVectorIndex(tmp_path, commit_every=1 << 20, commit_interval_s=3600.0,
+                             ann_threshold=200, compact_every=2)  # fmt: skip
+    index.upsert([record(i) for i in range(300)])
+    index.maintain()
+    assert index.ann_indexed and index.table_stats().ann_deltas == 1
+    added = []
+    for i in range(2 * (MAX_ANN_DELTAS + 1)):  # a compaction, and a delta, every 2 commits
+        rec = record(1_000 + i)
+        index.upsert([rec])
+        index.commit()
+        added.append(rec)
+    before = index.table_stats()
+    assert before.ann_deltas > MAX_ANN_DELTAS and before.fragments > MAX_ANN_DELTAS
+    index.maintain()
+    after = index.table_stats()
+    assert (after.rows, after.fragments, after.ann_deltas) == (300 + len(added), 1, 1)
+    for rec in added[::7]:
+        assert index.search(rec.vector, 1)[0][0].entity_id == rec.entity_id
     index.close()

@@ -52,8 +52,8 @@ from orchestrator.plan import (
     DriftError,
     RunInputs,
     adversarial_job,
-    call_settings,
     prepare_run,
+    role_payload,
 )
 from orchestrator.plan import synth_job as synth_job_payload
 from orchestrator.redis_conn import RedisUnavailable, connect, redact_url
@@ -78,7 +78,7 @@ from synth.ledger import ClosureLedger
 from synth.outputs import write_final
 from synth.render import USAGE_KEYS
 from workers.jobs import synthesize_loop_job
-from workers.prompts import build_prompt, system_text
+from workers.prompts import system_text
 from workers.result import ReviewerResult
 
 REVIEWER_QUEUE = "reviewer"
@@ -165,22 +165,6 @@ def _read_inputs(conn: redis.Redis, meta: RunMeta, prefix: str) -> RunInputs:
         snapshot=snapshot,
         system=system_text(config, constitution),
     )
-
-
-def role_payload(
-    inputs: RunInputs, loop: int, prior_synthesis: str | None, backend: str, role: str
-) -> dict[str, Any]:
-    """The payload `plan.role_jobs` makes for `role`, without the loop's other prompts."""
-    config = inputs.config
-    prompt = build_prompt(
-        config,
-        role=config.role(role),
-        theme=config.theme_for(loop),
-        system=inputs.system,
-        snapshot=inputs.snapshot.text,
-        prior_synthesis=prior_synthesis,
-    )
-    return {"prompt": prompt.to_dict(), "settings": call_settings(config, backend).to_dict()}
 
 
 # --- enqueueing ---------------------------------------------------------------------------

@@ -128,26 +128,29 @@ def _payload(prompt: ReviewerPrompt, settings: CallSettings) -> dict[str, Any]:
     return {"prompt": prompt.to_dict(), "settings": settings.to_dict()}
 
 
+def role_payload(
+    inputs: RunInputs, loop: int, prior_synthesis: str | None, backend: str, role: str
+) -> dict[str, Any]:
+    """The payload of one role reviewer of the loop (a distributed job builds only its own)."""
+    config = inputs.config
+    prompt = build_prompt(
+        config,
+        role=config.role(role),
+        theme=config.theme_for(loop),
+        system=inputs.system,
+        snapshot=inputs.snapshot.text,
+        prior_synthesis=prior_synthesis,
+    )
+    return _payload(prompt, call_settings(config, backend))
+
+
 def role_jobs(
     inputs: RunInputs, loop: int, prior_synthesis: str | None, backend: str
 ) -> list[dict[str, Any]]:
     """Payloads of the loop's role reviewers, in config role order."""
-    config = inputs.config
-    theme = config.theme_for(loop)
-    settings = call_settings(config, backend)
     return [
-        _payload(
-            build_prompt(
-                config,
-                role=role,
-                theme=theme,
-                system=inputs.system,
-                snapshot=inputs.snapshot.text,
-                prior_synthesis=prior_synthesis,
-            ),
-            settings,
-        )
-        for role in config.role_reviewers
+        role_payload(inputs, loop, prior_synthesis, backend, role.prefix)
+        for role in inputs.config.role_reviewers
     ]
 
 

@@ -21,8 +21,8 @@ from rq.serializers import JSONSerializer
 from orchestrator import distributed
 from orchestrator.blobs import BlobMissing, blob_key
 from orchestrator.config import load_config
-from orchestrator.distributed import JOB_RETRIES, inputs_from_state, role_payload
-from orchestrator.plan import prepare_run, role_jobs
+from orchestrator.distributed import JOB_RETRIES, inputs_from_state
+from orchestrator.plan import prepare_run, role_jobs, role_payload
 from orchestrator.runstate import RunState
 from tests.support.messages_stub import MessagesStub
 from tests.support.redis_server import RedisServer, wait_until

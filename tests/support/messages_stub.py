@@ -15,6 +15,13 @@ prefix becomes readable only once a response to a request carrying it has
 nothing below `min_cacheable_tokens` is cached. Usage reports
 `cache_creation_input_tokens` for the part written and `cache_read_input_tokens`
 for the part read; tokens are estimated as UTF-8 bytes / `bytes_per_token`.
+
+The stub stands in for servers whose CPU is not the caller's, so what it repeats for
+every request is done once per distinct content: request bodies are decoded with large
+values (the ~1 MB snapshot block every call of a run carries) taken from a memo of
+their exact source text (`BodyDecoder`), and a text's UTF-8 length, digest and
+`<assignment>` tag are kept per text (`_text_facts`). Answers are the same as without
+the memos; only the stub's CPU per request changes.
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ import re
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from json.decoder import scanstring
+from typing import Any, NamedTuple, Self
 
 ASSIGNMENT_RE = re.compile(r'<assignment role="([a-z]+)" loop="(\d+)"')
 EMPTY_ANSWER = "Nothing to report.\n\n```json\n[]\n```\n"
@@ -105,6 +114,49 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(remaining)
 
 
+MEMO_MIN_CHARS = 4096  # values and texts shorter than this are cheap to redo
+MEMO_MAX_CHARS = 64 * 1024 * 1024  # source text a memo keeps at most
+
+
+class _TextFacts(NamedTuple):
+    utf8_len: int
+    sha256: bytes  # of the UTF-8 bytes
+    assignment: tuple[str, int] | None  # the text's last `<assignment>` tag
+
+
+_facts_memo: OrderedDict[str, _TextFacts] = OrderedDict()
+_facts_chars = 0
+_facts_lock = threading.Lock()
+
+
+def _text_facts(text: str) -> _TextFacts:
+    """What the stub derives from a prompt text, computed once per distinct large text.
+
+    Keyed by the text itself: a text decoded from the body memo is the same object in
+    every request, so its lookup reuses its cached hash and compares by identity.
+    """
+    global _facts_chars
+    if len(text) >= MEMO_MIN_CHARS:
+        with _facts_lock:
+            facts = _facts_memo.get(text)
+            if facts is not None:
+                _facts_memo.move_to_end(text)
+                return facts
+    raw = text.encode("utf-8")
+    found = None
+    for m in ASSIGNMENT_RE.finditer(text):
+        found = (m.group(1), int(m.group(2)))
+    facts = _TextFacts(len(raw), hashlib.sha256(raw).digest(), found)
+    if len(text) >= MEMO_MIN_CHARS:
+        with _facts_lock:
+            if text not in _facts_memo:
+                _facts_memo[text] = facts
+                _facts_chars += len(text)
+            while _facts_chars > MEMO_MAX_CHARS and len(_facts_memo) > 1:
+                _facts_chars -= len(_facts_memo.popitem(last=False)[0])
+    return facts
+
+
 def _assignment(payload: dict[str, Any]) -> tuple[str | None, int | None]:
     """Role and loop from the last `<assignment>` tag of the request's user text."""
     found: tuple[str | None, int | None] = (None, None)
@@ -116,9 +168,125 @@ def _assignment(payload: dict[str, Any]) -> tuple[str | None, int | None]:
             else [b.get("text", "") for b in content or [] if isinstance(b, dict)]
         )
         for text in texts:
-            for m in ASSIGNMENT_RE.finditer(text or ""):
-                found = (m.group(1), int(m.group(2)))
+            if isinstance(text, str) and text:
+                tag = _text_facts(text).assignment
+                if tag is not None:
+                    found = tag
     return found
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's insignificant whitespace, as `json` has it
+_WALK_DEPTH = 4  # containers walked here: body, messages, a message, its content
+
+
+def _skip(s: str, idx: int) -> int:
+    m = _WHITESPACE.match(s, idx)
+    return m.end() if m else idx
+
+
+class _NotFast(Exception):
+    """The body is not plain JSON text this decoder walks; `json.loads` decides."""
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of a memoized value's dicts and lists (its strings are immutable), so no
+    two requests' payloads share a mutable part."""
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
+
+
+class BodyDecoder:
+    """`json.loads` for request bodies, with each large value decoded once.
+
+    The body's outer containers (the request object, `messages`, each message and its
+    `content` list) are walked here; every value inside them is decoded by `json`'s C
+    scanner, and one of `MEMO_MIN_CHARS` or more is kept with its exact source text.
+    A later body holding the same source text at a value's position gets the same
+    value without decoding it: a JSON value's extent and meaning depend only on its
+    own text. Anything unusual (invalid JSON, other encodings' quirks) goes to
+    `json.loads`, so results and errors are exactly `json.loads`'s.
+    """
+
+    def __init__(self) -> None:
+        self._scan = json.JSONDecoder().scan_once
+        self._memo: dict[str, list[tuple[str, Any]]] = {}  # first 64 chars -> entries
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def loads(self, body: bytes) -> Any:
+        try:
+            text = body.decode(json.detect_encoding(body), "surrogatepass")
+            value, end = self._value(text, _skip(text, 0), 0)
+            if _skip(text, end) != len(text):
+                raise _NotFast
+        except (_NotFast, ValueError, StopIteration, IndexError):
+            return json.loads(body)
+        return value
+
+    def _value(self, s: str, idx: int, depth: int) -> tuple[Any, int]:
+        c = s[idx]
+        if depth < _WALK_DEPTH and c == "{":
+            return self._object(s, idx + 1, depth + 1)
+        if depth < _WALK_DEPTH and c == "[":
+            return self._array(s, idx + 1, depth + 1)
+        if c not in '{["':
+            return self._scan(s, idx)
+        key = s[idx : idx + 64]
+        with self._lock:
+            entries = tuple(self._memo.get(key, ()))
+        for source, value in entries:
+            if s.startswith(source, idx):
+                return _fresh(value), idx + len(source)
+        value, end = self._scan(s, idx)
+        if end - idx >= MEMO_MIN_CHARS:
+            with self._lock:
+                if self._chars + end - idx > MEMO_MAX_CHARS:
+                    self._memo.clear()
+                    self._chars = 0
+                self._memo.setdefault(key, []).append((s[idx:end], _fresh(value)))
+                self._chars += end - idx
+        return value, end
+
+    def _object(self, s: str, idx: int, depth: int) -> tuple[dict[str, Any], int]:
+        obj: dict[str, Any] = {}
+        idx = _skip(s, idx)
+        if s[idx] == "}":
+            return obj, idx + 1
+        while True:
+            if s[idx] != '"':
+                raise _NotFast
+            key, idx = scanstring(s, idx + 1)
+            idx = _skip(s, idx)
+            if s[idx] != ":":
+                raise _NotFast
+            idx = _skip(s, idx + 1)
+            obj[key], idx = self._value(s, idx, depth)
+            idx = _skip(s, idx)
+            c = s[idx]
+            if c == "}":
+                return obj, idx + 1
+            if c != ",":
+                raise _NotFast
+            idx = _skip(s, idx + 1)
+
+    def _array(self, s: str, idx: int, depth: int) -> tuple[list[Any], int]:
+        out: list[Any] = []
+        idx = _skip(s, idx)
+        if s[idx] == "]":
+            return out, idx + 1
+        while True:
+            value, idx = self._value(s, idx, depth)
+            out.append(value)
+            idx = _skip(s, idx)
+            c = s[idx]
+            if c == "]":
+                return out, idx + 1
+            if c != ",":
+                raise _NotFast
+            idx = _skip(s, idx + 1)
 
 
 def _blocks(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -184,6 +352,7 @@ class MessagesStub:
         self._rules: list[_Rule] = []
         self._holds: list[_Hold] = []
         self._cache: dict[str, float] = {}  # prefix key -> expiry (monotonic seconds)
+        self.decoder = BodyDecoder()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -285,15 +454,17 @@ class MessagesStub:
 
     def _tokens(self, block: dict[str, Any]) -> int:
         text = block.get("text")
-        if not isinstance(text, str):
-            text = json.dumps({k: v for k, v in block.items() if k != "cache_control"})
+        if isinstance(text, str):
+            return math.ceil(_text_facts(text).utf8_len / self.bytes_per_token)
+        text = json.dumps({k: v for k, v in block.items() if k != "cache_control"})
         return math.ceil(len(text.encode("utf-8")) / self.bytes_per_token)
 
     def _cache_plan(self, payload: dict[str, Any]) -> tuple[dict[str, int], list[tuple[str, str]]]:
         """Usage of a request and the (prefix key, ttl) entries its response creates."""
         blocks = _blocks(payload)
-        model = str(payload.get("model"))
-        digest = hashlib.sha256(model.encode())
+        # A prefix's key chains the digests of its blocks (each block's from its
+        # type, message role and content), so it names exactly that prefix's content.
+        key = hashlib.sha256(str(payload.get("model")).encode()).digest()
         cumulative: list[int] = []
         keys: list[str] = []
         total = 0
@@ -302,14 +473,15 @@ class MessagesStub:
             cc = block.get("cache_control")
             text = block.get("text")
             if isinstance(text, str):
-                digest.update(f"{block.get('type')}|{block.get('_role')}|{len(text)}|".encode())
-                digest.update(text.encode("utf-8"))
+                head = f"{block.get('type')}|{block.get('_role')}|{len(text)}|".encode()
+                part = head + _text_facts(text).sha256
             else:
                 canonical = {k: v for k, v in block.items() if k != "cache_control"}
-                digest.update(json.dumps(canonical, sort_keys=True).encode())
+                part = json.dumps(canonical, sort_keys=True).encode()
+            key = hashlib.sha256(key + hashlib.sha256(part).digest()).digest()
             total += self._tokens(block)
             cumulative.append(total)
-            keys.append(digest.copy().hexdigest())
+            keys.append(key.hex())
             if isinstance(cc, dict):
                 breakpoints.append((i, str(cc.get("ttl", "5m"))))
         now = time.monotonic()
@@ -375,7 +547,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         received = time.monotonic()
         try:
-            payload = json.loads(body)
+            payload = stub.decoder.loads(body)
         except json.JSONDecodeError:
             payload = {}
         role, loop = _assignment(payload) if isinstance(payload, dict) else (None, None)

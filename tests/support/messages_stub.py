@@ -115,7 +115,7 @@ def _sleep_until(deadline: float) -> None:
 
 
 MEMO_MIN_CHARS = 4096  # values and texts shorter than this are cheap to redo
-MEMO_MAX_CHARS = 64 * 1024 * 1024  # source text a memo keeps at most
+MEMO_MAX_CHARS = 16 * 1024 * 1024  # text each memo keeps at most (a snapshot is ~1 M)
 
 
 class _TextFacts(NamedTuple):

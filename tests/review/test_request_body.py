@@ -13,9 +13,9 @@ def prompt(task: str, ttl: str = "1h") -> ReviewerPrompt:
         role="architect",
         loop=2,
         theme="concurrency-atomicity",
-        system="constitution — « rules » \"quoted\"\n" * 50,
+        system='constitution — « rules » "quoted"\n' * 50,
         snapshot='<repository_snapshot>\n<file path="a.py">\n1 | x = "é"\\n\n</file>\n' * 200,
-        loop_block="<loop number=\"2\">\nlens\n</loop>\n",
+        loop_block='<loop number="2">\nlens\n</loop>\n',
         task=task,
         cache_ttl=ttl,
     )

@@ -53,6 +53,7 @@ from moneta.lance_index import (  # noqa: E402
     RANKED_COLUMN,
     VECTOR_COLUMN,
     LanceVectorIndex,
+    ranked_query,
     table_schema,
 )
 from moneta.protocols import VectorRecord  # noqa: E402
@@ -299,8 +300,8 @@ def ivf_partitions(index: LanceVectorIndex, query: np.ndarray) -> dict[str, int 
     """IVF partitions of each ANN index, read from LanceDB's query plan (the sleep
     pass's ``optimize`` re-balances them, so this is what queries actually probe)."""
     out: dict[str, int | None] = {}
-    for column, metric in ((VECTOR_COLUMN, "cosine"), (RANKED_COLUMN, "dot")):
-        search = index._table.search(query, vector_column_name=column).distance_type(metric)
+    for column, vector in ((VECTOR_COLUMN, query), (RANKED_COLUMN, ranked_query(query))):
+        search = index._table.search(vector, vector_column_name=column).distance_type("cosine")
         plan = search.limit(LIMIT).select(["id", "_distance"]).analyze_plan()
         found = re.search(r"partitions_ranked=(\d+)", plan)
         out[column] = int(found.group(1)) if found else None

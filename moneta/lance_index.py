@@ -16,18 +16,25 @@ for ids the table already holds — idempotent, so replaying a WAL re-commits
 without duplicate rows. Which ids the table holds is kept in memory (16 bytes per
 row, loaded when the index opens), so a group commit never has to query the table.
 
-A second vector column, ``ranked``, holds utility x unit vector, written with every
-row: a weighted search (the handle's cold ranking, cosine x utility) is then a
-maximum-inner-product search on it (metric dot). A table written without it gains
-it when the index opens (the rows are rewritten once, its indices rebuilt later).
+A second vector column, ``ranked``, makes the weighted search (the handle's cold
+ranking, cosine x utility, over consolidated rows, whose utility is frozen) a cosine
+search. A consolidated row stores ``[u * unit vector, sqrt(1 - u^2), 0...]``: a unit
+vector whose cosine with ``[unit query, 0...]`` is exactly u x cosine, so the ranking
+is a nearest-neighbour search over unit vectors, which RaBitQ codes rank well and
+fast (a dot-product search over vectors of different lengths needed 8-bit scalar
+codes, whose distance computation was most of a query). Zeros pad the width to a
+multiple of 8 (IVF_RQ's rule). Every other row's stored utility decays and is stale,
+so it is written with a utility of ``UNRANKED_UTILITY``: it scores about 0 and stays
+out of the partitions a query probes, and its vector still differs from its
+neighbours' (identical vectors make LanceDB's partition splitting fail and leave a
+second index delta behind). A table written without ``ranked``, or with another
+layout of it, is rewritten once when the index opens (its indices rebuilt later).
 
 Search is exact (flat) until the table reaches ``ann_threshold`` rows; from then on
-``maintain()`` keeps an IVF_RQ index (cosine) on ``vector`` and an IVF_SQ index (dot)
-on ``ranked``, retrained when the table has doubled since the last training. (The
-1-bit RaBitQ codes rank ``ranked`` rows, whose lengths differ, too coarsely: recall@5
-0.59 against 1.0 with 8-bit scalar codes on tests/vectors/test_weighted.py's data.)
-Queries use them with a refine step (exact re-ranking of the candidates) and still
-scan rows not yet indexed, so a new row is found before the index covers it.
+``maintain()`` keeps IVF_RQ indices (cosine) on ``vector`` and ``ranked``, retrained
+when the table has doubled since the last training. Queries use them with a refine
+step (exact re-ranking of the candidates) and still scan rows not yet indexed, so a
+new row is found before the index covers it.
 ``maintain()`` also compacts fragments, folds new rows into every index and deletes
 files of old table versions. The writer does the same every ``compact_every`` group
 commits, so fragments and versions stay bounded between sleep passes however small
@@ -56,8 +63,10 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.index import Bitmap, BTree, IvfRq, IvfSq
+from lancedb.background_loop import LOOP
+from lancedb.index import Bitmap, BTree, IvfRq
 
+from moneta import validation
 from moneta.protocols import VectorRecord
 from moneta.types import EntityState
 
@@ -75,9 +84,15 @@ DEFAULT_COMMIT_EVERY = 1024
 DEFAULT_COMMIT_INTERVAL_S = 1.0
 DEFAULT_ANN_THRESHOLD = 10_000
 # Query knobs of the ANN index: partitions probed, and how many candidates per
-# wanted result are re-ranked with exact distances (RaBitQ codes are coarse).
+# wanted result are re-ranked with exact distances. Each candidate is a random read
+# of its vector, which on a store larger than the page cache is a disk read.
 DEFAULT_NPROBES = 20
-DEFAULT_REFINE_FACTOR = 10
+DEFAULT_REFINE_FACTOR = 3
+# Bits per dimension of the RaBitQ codes. With 4, the codes' own ranking is close to
+# exact (handle recall@5 1.0 at 1M cold rows with 2 candidates per result), so a
+# query re-reads 3 vectors per result instead of the 10 that 1-bit codes needed for
+# recall 0.99; the codes take 4 x the memory (196 MB per index at 1M rows of 384).
+RQ_BITS = 4
 # IVF partitions of about this many rows: a query probes `nprobes` of them, so this
 # bounds the codes it compares (LanceDB's default made a query over 110k rows compare
 # all of them, 32 of its 46 ms). It is given as the index's target partition size, not
@@ -90,6 +105,8 @@ IVF_SAMPLE_RATE = 64
 # searches every delta, and fragments covered by different deltas are never merged,
 # so past this many the sleep pass retrains the indices over the whole table.
 MAX_ANN_DELTAS = 16
+# The utility a row that is not consolidated is ranked with (see the module docstring).
+UNRANKED_UTILITY = 1e-3
 _IN_CHUNK = 1000  # ids per `id IN (...)` filter
 _OPTIMIZE_BEFORE_UPDATE = 64  # commits after which an update first compacts
 # Group commits between two compactions on the writer: each LanceDB commit writes a
@@ -130,37 +147,61 @@ def table_schema(dim: int) -> pa.Schema:
     )
 
 
+def ranked_width(dim: int) -> int:
+    """Width of ``ranked``: the vector, the utility's complement, zeros up to a multiple
+    of 8 (IVF_RQ indexes only such widths)."""
+    return (dim + 1 + 7) // 8 * 8
+
+
 def stored_schema(dim: int) -> pa.Schema:
     """Arrow schema of the table: the record columns plus ``ranked``."""
     return table_schema(dim).append(
-        pa.field(RANKED_COLUMN, pa.list_(pa.float32(), dim), nullable=False)
+        pa.field(RANKED_COLUMN, pa.list_(pa.float32(), ranked_width(dim)), nullable=False)
     )
 
 
-def ranked_vectors(vectors: np.ndarray, utility: np.ndarray) -> np.ndarray:
-    """utility x unit vector per row (float32): its dot with a unit query is cosine x
-    utility. A zero vector stays zero."""
+def ranked_vectors(vectors: np.ndarray, utility: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """Per row ``[u * unit vector, sqrt(1 - u^2), 0...]`` (float32, unit length), u the
+    stored utility of a consolidated row and ``UNRANKED_UTILITY`` for any other state:
+    its cosine with ``ranked_query(q)`` is u x cosine(q, vector). A zero vector scores 0."""
     vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1)
-    scale = np.divide(
-        np.asarray(utility, dtype=np.float64),
-        norms,
-        out=np.zeros(norms.shape, dtype=np.float64),
-        where=norms > 0,
+    rows, dim = vectors.shape
+    utility = np.where(
+        np.asarray(states) == int(EntityState.CONSOLIDATED),
+        np.clip(np.asarray(utility, dtype=np.float64), 0.0, 1.0),
+        UNRANKED_UTILITY,
     )
-    return (vectors * scale[:, None].astype(np.float32)).astype(np.float32, copy=False)
+    norms = np.linalg.norm(vectors, axis=1)
+    scale = np.divide(utility, norms, out=np.zeros(rows, dtype=np.float64), where=norms > 0)
+    out = np.zeros((rows, ranked_width(dim)), dtype=np.float32)
+    np.multiply(vectors, scale[:, None], out=out[:, :dim], casting="unsafe")
+    out[:, dim] = np.sqrt(1.0 - utility * utility)
+    return out
+
+
+def ranked_query(query: np.ndarray) -> np.ndarray:
+    """A unit query padded to the width of ``ranked`` (see ``ranked_vectors``)."""
+    out = np.zeros(ranked_width(query.size), dtype=np.float32)
+    out[: query.size] = query
+    return out
+
+
+def _ranked_array(vectors: np.ndarray, utility: Any, states: Any) -> pa.FixedSizeListArray:
+    ranked = ranked_vectors(vectors, utility, states)
+    values = pa.array(ranked.ravel(), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(values, ranked.shape[1])
 
 
 def _with_ranked(batch: pa.RecordBatch | pa.Table, dim: int) -> pa.RecordBatch | pa.Table:
-    """Append the ``ranked`` column computed from ``vector`` and ``utility``."""
+    """Append the ``ranked`` column computed from ``vector``, ``utility`` and ``state``."""
     column = batch.column(VECTOR_COLUMN)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     flat = column.flatten().to_numpy(zero_copy_only=False)
-    vectors = flat.reshape(-1, dim) if dim else flat.reshape(0, 0)
+    vectors = flat.reshape(-1, dim)
     utility = batch.column("utility").to_numpy(zero_copy_only=False)
-    ranked = ranked_vectors(vectors, utility)
-    array = pa.FixedSizeListArray.from_arrays(pa.array(ranked.ravel(), pa.float32()), dim)
+    states = batch.column("state").to_numpy(zero_copy_only=False)
+    array = _ranked_array(vectors, utility, states)
     return batch.append_column(stored_schema(dim).field(RANKED_COLUMN), array)
 
 
@@ -358,7 +399,7 @@ class LanceVectorIndex:
                     f"dim={dim} conflicts with the stored vector table in {self._directory},"
                     f" whose dimension is {self._dim}"
                 )
-            if RANKED_COLUMN not in self._table.schema.names:
+            if not self._ranked_current():
                 self._add_ranked()
             ids = self._table.search().select(["id"]).limit(None).to_arrow().column("id")
             self._known = _IdSet.from_column(ids)
@@ -582,19 +623,25 @@ class LanceVectorIndex:
             pa.array([float(r.protected_floor) for r in records], pa.float64()),
             pa.array([float(r.last_evaluated) for r in records], pa.float64()),
             pa.array([r.usd_link for r in records], pa.string()),
-            pa.FixedSizeListArray.from_arrays(
-                pa.array(ranked_vectors(vectors, [r.utility for r in records]).ravel()),
-                self._dim,
-            ),
+            _ranked_array(vectors, [r.utility for r in records], [int(r.state) for r in records]),
         ]
         return pa.Table.from_arrays(columns, schema=stored_schema(self._dim))
 
-    def _add_ranked(self) -> None:
-        """Rewrite a table stored without ``ranked`` with it (one new table version).
+    def _ranked_current(self) -> bool:
+        """Whether the table's ``ranked`` column has this module's layout."""
+        assert self._dim is not None
+        schema = self._table.schema
+        if RANKED_COLUMN not in schema.names:
+            return False
+        return int(schema.field(RANKED_COLUMN).type.list_size) == ranked_width(self._dim)
 
-        LanceDB can add a column only from SQL or as nulls, and utility x unit vector
-        is neither, so the rows are read and written back whole; the indices go with
-        the old version and ``maintain()`` rebuilds them.
+    def _add_ranked(self) -> None:
+        """Rewrite a table stored without ``ranked`` (or with an older layout of it)
+        with it: one new table version.
+
+        LanceDB can add a column only from SQL or as nulls, and the ranked vector is
+        neither, so the rows are read and written back whole; the indices go with the
+        old version and ``maintain()`` rebuilds them.
         """
         dim = self._dim
         assert dim is not None
@@ -663,12 +710,14 @@ class LanceVectorIndex:
         weighted: bool = False,
     ) -> list[tuple[VectorRecord, float]]:
         """Top `limit` records by cosine similarity, or with ``weighted`` by cosine x
-        stored utility (dot product with the ``ranked`` column), buffered and
-        committed alike."""
+        stored utility of consolidated records (cosine with the ``ranked`` column),
+        buffered and committed alike."""
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise TypeError(f"limit must be an int >= 1, got {type(limit).__name__}")
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        if weighted:
+            validation.weighted_states(states)
         query = np.asarray(vector, dtype=np.float32)
         if query.ndim != 1 or (self._dim is not None and query.size != self._dim):
             raise ValueError(
@@ -721,21 +770,28 @@ class LanceVectorIndex:
     ) -> tuple[list[tuple[VectorRecord, float]], bool]:
         """`fetch` best committed rows; True when the table had no more to give.
 
-        LanceDB reports cosine distance as 1 - cosine and dot distance as 1 - dot, so
-        either way the score is 1 - distance (tests/vectors/test_weighted.py checks it).
+        The query goes through the asynchronous table that LanceDB's synchronous one
+        wraps, in one hop to LanceDB's event loop: the synchronous builder makes six
+        (and reads the schema three times), about 1.3 ms of a 7 ms search.
+
+        LanceDB reports cosine distance as 1 - cosine, and the cosine of a ranked row
+        with the ranked query is u x cosine, so either way the score is 1 - distance
+        (tests/vectors/test_weighted.py checks it).
         """
-        column, metric = (RANKED_COLUMN, "dot") if weighted else (VECTOR_COLUMN, "cosine")
+        column, vector = (VECTOR_COLUMN, query)
+        if weighted:
+            column, vector = RANKED_COLUMN, ranked_query(query)
+        if states is not None and not states:
+            return [], True
         with self._files.read():
-            builder = self._table.search(query, vector_column_name=column)
-            builder = builder.distance_type(metric).limit(fetch)
+            search = self._table._table.query().nearest_to(vector).column(column)
+            search = search.distance_type("cosine").limit(fetch)
             if self._ann:
-                builder = builder.nprobes(self._nprobes).refine_factor(self._refine_factor)
+                search = search.nprobes(self._nprobes).refine_factor(self._refine_factor)
             if states is not None:
-                if not states:
-                    return [], True
                 codes = ", ".join(str(int(s)) for s in sorted(states))
-                builder = builder.where(f"state IN ({codes})", prefilter=True)
-            rows = builder.select([*_FIELDS, "_distance"]).to_arrow()
+                search = search.where(f"state IN ({codes})")  # a prefilter
+            rows = LOOP.run(search.select([*_FIELDS, "_distance"]).to_arrow())
         records = self._records(rows)
         scores = 1.0 - rows.column("_distance").to_numpy(zero_copy_only=False)
         return list(zip(records, scores.tolist(), strict=True)), rows.num_rows < fetch
@@ -836,7 +892,7 @@ class LanceVectorIndex:
 
     def _build_ann(self, rows: int) -> None:
         """Train the ANN indices on the current rows (replacing an older training):
-        IVF_RQ cosine on ``vector``, IVF_SQ dot on ``ranked`` (weighted search)."""
+        IVF_RQ cosine on ``vector`` and on ``ranked`` (weighted search)."""
         logger.info("building the ANN indices of %s over %d rows", self._directory, rows)
         ivf: dict[str, Any] = {
             "target_partition_size": ROWS_PER_PARTITION,
@@ -844,13 +900,13 @@ class LanceVectorIndex:
         }
         self._table.create_index(
             VECTOR_COLUMN,
-            config=IvfRq(distance_type="cosine", **ivf),
+            config=IvfRq(distance_type="cosine", num_bits=RQ_BITS, **ivf),
             replace=True,
             name=VECTOR_INDEX,
         )
         self._table.create_index(
             RANKED_COLUMN,
-            config=IvfSq(distance_type="dot", **ivf),
+            config=IvfRq(distance_type="cosine", num_bits=RQ_BITS, **ivf),
             replace=True,
             name=RANKED_INDEX,
         )

@@ -125,9 +125,10 @@ class VectorIndex(Protocol):
         """Top `limit` records (best first), optionally by state.
 
         Scored by cosine similarity, or with ``weighted`` by cosine x the record's stored
-        utility: the handle's cold ranking (DESIGN §1.1), exact for consolidated rows
-        because their utility is frozen while they are cold, so an index can rank by
-        it instead of re-ranking a cosine shortlist that misses high-utility rows.
+        utility: the handle's cold ranking (DESIGN §1.1). Weighted search takes
+        ``states={CONSOLIDATED}`` only (``ValueError`` otherwise): a consolidated row's
+        utility is frozen while it is cold, so an index can rank by it instead of
+        re-ranking a cosine shortlist that misses high-utility rows.
         """
         ...
 

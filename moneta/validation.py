@@ -9,6 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from moneta.types import EntityState
+
+_CONSOLIDATED = frozenset({EntityState.CONSOLIDATED})
+
 
 def payload(value: Any) -> str:
     if not isinstance(value, str):
@@ -56,3 +60,13 @@ def embedding(value: Any, dim: int | None) -> np.ndarray:
         raise ValueError("embedding must have a non-zero, finite length")
     vector /= norm
     return vector
+
+
+def weighted_states(states: frozenset[EntityState] | None) -> None:
+    """A weighted search ranks consolidated records only: their utility is frozen while
+    they are cold, any other record's stored utility has decayed since it was written."""
+    if states is None or not states <= _CONSOLIDATED:
+        raise ValueError(
+            "states must be {EntityState.CONSOLIDATED} for a weighted search (only a"
+            f" consolidated memory's stored utility is current), got {states!r}"
+        )

@@ -25,6 +25,7 @@ from uuid import UUID
 
 import numpy as np
 
+from moneta import validation
 from moneta.ecs import MIN_CAPACITY, allocate, reserve, top_rows
 from moneta.protocols import VectorRecord
 from moneta.types import EntityState
@@ -288,6 +289,8 @@ class InMemoryVectorIndex:
         """Exact top `limit` by cosine, or with ``weighted`` by cosine x stored utility."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        if weighted:
+            validation.weighted_states(states)
         with self._lock:
             parts = [
                 p for p in self._parts.values() if p.n and (states is None or p.state in states)

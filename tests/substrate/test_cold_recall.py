@@ -84,6 +84,8 @@ def test_weighted_search_scores_and_ignores_hot_partitions() -> None:
         cosine = float(np.dot(record.vector, q) / np.linalg.norm(record.vector))
         assert score == pytest.approx(cosine * record.utility, abs=1e-5)
     assert [r.entity_id for r, _ in got[:LIMIT]] == brute_force(records, q, LIMIT)
+    with pytest.raises(ValueError, match="states must be"):
+        index.search(q, LIMIT, weighted=True)  # hot utilities decay: not ranked by them
     plain = index.search(q, LIMIT, states=COLD)  # unweighted stays cosine
     block = np.stack([r.vector for r in records])
     cosines = (block @ q) / np.linalg.norm(block, axis=1)

@@ -1,8 +1,10 @@
 """Cold-tier recall through the handle on LanceDB: consolidated memories are ranked by
-cosine x utility inside the index (the ``ranked`` column, metric dot), so the handle's
+cosine x utility inside the index (the ``ranked`` column, unit vectors whose cosine with
+the padded query is that score), so the handle's
 top 5 matches brute force over the same rows — exactly without the ANN index, and at
-recall@5 >= 0.95 with it. Also: the score LanceDB's dot distance turns into, and a
-table written without ``ranked`` gaining it when opened."""
+recall@5 >= 0.95 with it. Also: the score LanceDB's distance turns into, a table
+written without ``ranked`` (or with an older layout) gaining it when opened, and
+weighted search refusing states other than consolidated."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from moneta.lance_index import (
     RANKED_COLUMN,
     RANKED_INDEX,
     TABLE_NAME,
+    UNRANKED_UTILITY,
     LanceVectorIndex,
+    ranked_width,
     table_schema,
 )
 from moneta.protocols import VectorRecord
@@ -108,7 +112,7 @@ def test_handle_cold_recall_against_brute_force(tmp_path: Path, ann: bool) -> No
 
 
 def test_weighted_scores_are_cosine_times_utility(tmp_path: Path) -> None:
-    """LanceDB reports dot distance as 1 - dot; the index turns it back into the score,
+    """LanceDB reports cosine distance; the index turns it back into the score,
     committed rows and buffered ones alike, and unweighted search stays cosine."""
     records = cold_records(600)
     index = LanceVectorIndex(tmp_path, ann_threshold=1 << 30)
@@ -164,4 +168,76 @@ def test_table_without_ranked_column_gains_it_on_open(tmp_path: Path) -> None:
         )
     }
     for r in records:
-        assert np.allclose(stored[r.entity_id], r.vector * r.utility, atol=1e-6)
+        assert_ranked_layout(stored[r.entity_id], r)
+
+
+def assert_ranked_layout(ranked: np.ndarray, record: VectorRecord) -> None:
+    """``[u * unit vector, sqrt(1 - u^2), zeros]``, u the utility of a consolidated row
+    and ``UNRANKED_UTILITY`` for any other."""
+    assert ranked.shape == (ranked_width(DIM),)
+    u = record.utility if record.state == EntityState.CONSOLIDATED else UNRANKED_UTILITY
+    unit = np.asarray(record.vector) / np.linalg.norm(record.vector)
+    assert np.allclose(ranked[:DIM], u * unit, atol=1e-6)
+    assert ranked[DIM] == pytest.approx(np.sqrt(1 - u * u), abs=1e-6)
+    assert not ranked[DIM + 1 :].any()
+    assert float(np.linalg.norm(ranked)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_table_with_an_older_ranked_layout_is_rewritten_on_open(tmp_path: Path) -> None:
+    """``ranked`` once held u x unit vector (width dim, searched by dot); such a table
+    keeps every row, gains the current layout and ranks by it."""
+    records = cold_records(300)
+    hot = VectorRecord(
+        uuid.uuid4(), records[0].vector, "hot", 1.0, 0, 0.0, 0.0, EntityState.VOLATILE
+    )
+    records_all = [*records, hot]
+    vectors = np.stack([r.vector for r in records_all])
+    utility = np.array([r.utility for r in records_all])
+    old_ranked = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) * utility[:, None]
+    table = pa.table(
+        {
+            "id": [str(r.entity_id) for r in records_all],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
+            "payload": [r.payload for r in records_all],
+            "state": pa.array([int(r.state) for r in records_all], pa.int8()),
+            "utility": utility,
+            "attended_count": pa.array([r.attended_count for r in records_all], pa.int64()),
+            "protected_floor": [r.protected_floor for r in records_all],
+            "last_evaluated": [r.last_evaluated for r in records_all],
+            "usd_link": pa.array([r.usd_link for r in records_all], pa.string()),
+            RANKED_COLUMN: pa.FixedSizeListArray.from_arrays(
+                pa.array(old_ranked.astype(np.float32).ravel()), DIM
+            ),
+        }
+    )
+    lancedb.connect(str(tmp_path)).create_table(TABLE_NAME, table)
+
+    index = LanceVectorIndex(tmp_path)
+    assert index.count() == 301
+    q = queries(1)[0]
+    got = index.search(q, LIMIT, states=COLD, weighted=True)
+    assert [r.entity_id for r, _ in got] == brute_force(records, q, LIMIT)
+    index.close()
+
+    rows = lancedb.connect(str(tmp_path)).open_table(TABLE_NAME).to_arrow()
+    assert rows.num_rows == 301
+    by_id = {r.entity_id: r for r in records_all}
+    for entity_id, ranked in zip(
+        rows.column("id").to_pylist(), rows.column(RANKED_COLUMN).to_pylist(), strict=True
+    ):
+        assert_ranked_layout(np.asarray(ranked, dtype=np.float32), by_id[uuid.UUID(entity_id)])
+
+
+@pytest.mark.parametrize(
+    "states", [None, frozenset(EntityState), frozenset({EntityState.VOLATILE})]
+)
+def test_weighted_search_takes_consolidated_states_only(
+    tmp_path: Path, states: frozenset[EntityState] | None
+) -> None:
+    """Only a consolidated memory's stored utility is current; anything else is refused."""
+    index = LanceVectorIndex(tmp_path)
+    index.upsert(cold_records(10))
+    with pytest.raises(ValueError, match="states must be"):
+        index.search(queries(1)[0], LIMIT, states=states, weighted=True)
+    assert len(index.search(queries(1)[0], LIMIT, states=COLD, weighted=True)) == LIMIT
+    index.close()

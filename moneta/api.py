@@ -52,9 +52,10 @@ from moneta.types import EntityState, Memory
 logger = logging.getLogger(__name__)
 
 _CONSOLIDATED = frozenset({EntityState.CONSOLIDATED})
-# Cold candidates fetched per requested result: the index ranks by cosine, the
-# handle by cosine x utility.
-_COLD_OVERFETCH = 4
+# Cold candidates fetched per requested result. The index ranks by the utility stored
+# at consolidation; the extra ones leave room for a cold copy whose utility changed
+# since (re-scored exactly), and each one costs the search a refine and a row read.
+_COLD_OVERFETCH = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,22 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
+@functools.cache
+def sdk_platform() -> Any:
+    """The OS the SDK names in its `X-Stainless-OS` header, found once per process.
+
+    An `AsyncAnthropic` client looks it up on its first request in a thread of the
+    event loop's default pool, and closing the loop then joins that pool from another
+    new thread. A queue worker builds a client and an event loop per job, so both
+    threads would start in every job, on the way to the model call and on the way to
+    the job's end (what releases the next wave); given the answer, the client starts
+    neither.
+    """
+    from anthropic._base_client import get_platform
+
+    return get_platform()
+
+
 class AnthropicBackend:
     """Streams `messages.create` through `AsyncAnthropic`.
 
@@ -111,6 +127,8 @@ class AnthropicBackend:
             timeout=settings.request_timeout,
             http_client=anthropic.DefaultAsyncHttpxClient(verify=shared_ssl_context()),
         )
+        if getattr(self.client, "_platform", False) is None:  # not looked up yet
+            self.client._platform = sdk_platform()
 
     async def complete(self, prompt: ReviewerPrompt, on_started: OnStarted | None) -> ModelAnswer:
         # The request `messages.stream(...)` would make, with the body pre-encoded

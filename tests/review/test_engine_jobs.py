@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from anthropic._base_client import get_architecture, get_platform
 
 from orchestrator.plan import prepare_run, role_jobs
 from tests.review.engine_support import fast_config, make_repo, scripted_answer
@@ -84,6 +86,27 @@ async def test_retry_after_is_honoured(stub: MessagesStub, payload: dict[str, An
     assert result["status"] == "ok"
     # The server asked for 0.4 s; backoff alone would have waited ~0.01 s.
     assert second.received_at - first.answered_at >= 0.4
+
+
+def test_a_job_sends_the_sdk_platform_headers_without_starting_threads(
+    stub: MessagesStub, payload: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job form runs its own event loop, as a queue worker's job does; the stub's
+    # own threads are in this process too, so count only those the job starts itself.
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        if threading.current_thread() is threading.main_thread():
+            started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    assert run_reviewer(payload)["status"] == "ok"
+    headers = stub.recorded()[0].headers
+    assert headers["x-stainless-os"] == str(get_platform())
+    assert headers["x-stainless-arch"] == str(get_architecture())
+    assert started == []
 
 
 def test_sync_job_form_matches(stub: MessagesStub, payload: dict[str, Any]) -> None:

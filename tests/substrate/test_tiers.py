@@ -59,11 +59,20 @@ def test_unknown_and_pruned_ids_are_not_hydrated(clock: FakeClock) -> None:
         assert m.stats().index_records == 0
 
 
-@pytest.mark.parametrize("n", [1, 5, 63, 64, 511, 512, 1000, 5_000, 10_007, 100_003])
+def one_group(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Scores whose largest all lie in one group of top_rows (every n // 64-th score)."""
+    scores = rng.standard_normal(n)
+    scores[3 :: max(1, n // 64)] += 10.0
+    return scores
+
+
+@pytest.mark.parametrize(
+    "n", [1, 5, 63, 64, 511, 512, 1000, 5_000, 10_007, 16_383, 16_384, 16_447, 100_003]
+)
 @pytest.mark.parametrize("k", [1, 5, 50])
 def test_top_rows_finds_the_largest_scores_best_first(n: int, k: int) -> None:
-    """The block shortcut of top_rows returns exactly the k largest scores, in order,
-    including when they cluster in one block, sit in the short last block, or tie."""
+    """The group shortcut of top_rows returns exactly the k largest scores, in order,
+    including when they cluster at the end, sit past the grouped view, or tie."""
     from moneta.ecs import top_rows
 
     rng = np.random.default_rng(n * 100 + k)
@@ -71,6 +80,7 @@ def test_top_rows_finds_the_largest_scores_best_first(n: int, k: int) -> None:
         rng.standard_normal(n).astype(np.float32),
         np.sort(rng.standard_normal(n)),  # the best all in the last (short) block
         np.round(rng.standard_normal(n), 1),  # many ties
+        one_group(rng, n),  # the best all in one group of the shortcut
     ):
         top = top_rows(scores, k)
         want = np.sort(scores)[::-1][: min(k, n)]

@@ -132,10 +132,9 @@ def test_weighted_scores_are_cosine_times_utility(tmp_path: Path) -> None:
     index.close()
 
 
-def test_table_without_ranked_column_gains_it_on_open(tmp_path: Path) -> None:
-    """A store written before ``ranked`` existed keeps every row and ranks by it."""
-    records = cold_records(300)
-    db = lancedb.connect(str(tmp_path))
+def record_table(records: list[VectorRecord]) -> pa.Table:
+    """Records in the table's column layout without ``ranked`` (how an older store
+    wrote them)."""
     vectors = np.stack([r.vector for r in records])
     columns = [
         pa.array([str(r.entity_id) for r in records], pa.string()),
@@ -148,14 +147,24 @@ def test_table_without_ranked_column_gains_it_on_open(tmp_path: Path) -> None:
         pa.array([r.last_evaluated for r in records], pa.float64()),
         pa.array([r.usd_link for r in records], pa.string()),
     ]
-    db.create_table(TABLE_NAME, pa.Table.from_arrays(columns, schema=table_schema(DIM)))
+    return pa.Table.from_arrays(columns, schema=table_schema(DIM))
 
-    index = LanceVectorIndex(tmp_path)
-    assert index.count() == 300
+
+def reopens_ranking_like_brute_force(path: Path, cold: list[VectorRecord], rows: int) -> None:
+    """The index opened on `path` keeps every row and ranks `cold` like brute force."""
+    index = LanceVectorIndex(path)
+    assert index.count() == rows
     q = queries(1)[0]
     got = index.search(q, LIMIT, states=COLD, weighted=True)
-    assert [r.entity_id for r, _ in got] == brute_force(records, q, LIMIT)
+    assert [r.entity_id for r, _ in got] == brute_force(records=cold, q=q, k=LIMIT)
     index.close()
+
+
+def test_table_without_ranked_column_gains_it_on_open(tmp_path: Path) -> None:
+    """A store written before ``ranked`` existed keeps every row and ranks by it."""
+    records = cold_records(300)
+    lancedb.connect(str(tmp_path)).create_table(TABLE_NAME, record_table(records))
+    reopens_ranking_like_brute_force(tmp_path, records, 300)
 
     table = lancedb.connect(str(tmp_path)).open_table(TABLE_NAME)
     assert RANKED_COLUMN in table.schema.names
@@ -194,30 +203,12 @@ def test_table_with_an_older_ranked_layout_is_rewritten_on_open(tmp_path: Path) 
     vectors = np.stack([r.vector for r in records_all])
     utility = np.array([r.utility for r in records_all])
     old_ranked = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) * utility[:, None]
-    table = pa.table(
-        {
-            "id": [str(r.entity_id) for r in records_all],
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
-            "payload": [r.payload for r in records_all],
-            "state": pa.array([int(r.state) for r in records_all], pa.int8()),
-            "utility": utility,
-            "attended_count": pa.array([r.attended_count for r in records_all], pa.int64()),
-            "protected_floor": [r.protected_floor for r in records_all],
-            "last_evaluated": [r.last_evaluated for r in records_all],
-            "usd_link": pa.array([r.usd_link for r in records_all], pa.string()),
-            RANKED_COLUMN: pa.FixedSizeListArray.from_arrays(
-                pa.array(old_ranked.astype(np.float32).ravel()), DIM
-            ),
-        }
+    table = record_table(records_all).append_column(
+        pa.field(RANKED_COLUMN, pa.list_(pa.float32(), DIM)),
+        pa.FixedSizeListArray.from_arrays(pa.array(old_ranked.astype(np.float32).ravel()), DIM),
     )
     lancedb.connect(str(tmp_path)).create_table(TABLE_NAME, table)
-
-    index = LanceVectorIndex(tmp_path)
-    assert index.count() == 301
-    q = queries(1)[0]
-    got = index.search(q, LIMIT, states=COLD, weighted=True)
-    assert [r.entity_id for r, _ in got] == brute_force(records, q, LIMIT)
-    index.close()
+    reopens_ranking_like_brute_force(tmp_path, records, 301)
 
     rows = lancedb.connect(str(tmp_path)).open_table(TABLE_NAME).to_arrow()
     assert rows.num_rows == 301

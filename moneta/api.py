@@ -370,7 +370,7 @@ class Moneta:
         scores = hot.vectors @ query
         scores *= utility
         top = top_rows(scores, limit)
-        return [(float(scores[r]), hot.memory(int(r), float(utility[r]))) for r in top]
+        return list(zip(scores[top].tolist(), hot.memories(top, utility[top]), strict=True))
 
     def _search_cold(self, query: np.ndarray, limit: int) -> list[tuple[float, Memory]]:
         """Cold hits ranked by cosine x utility. A consolidated memory's utility is frozen,
@@ -588,7 +588,7 @@ class Moneta:
                 rows = rows[rows >= 0]
                 state = self._hot.columns().state[rows]
                 rows = rows[state == EntityState.STAGED_FOR_SYNC]
-                memories = [self._hot.memory(int(r)) for r in rows]
+                memories = self._hot.memories(rows)
                 vectors = self._hot.vectors[rows].copy()
             if not memories:
                 continue

@@ -328,17 +328,40 @@ class HotTier:
 
     def memory(self, row: int, utility: float | None = None) -> Memory:
         """An immutable copy of one row, optionally with a (decayed) utility."""
-        return Memory(
-            entity_id=self.ids[row],
-            payload=self.payloads[row],
-            semantic_vector=tuple(self._vectors[row].tolist()),
-            utility=float(self._utility[row] if utility is None else utility),
-            attended_count=int(self._attended[row]),
-            protected_floor=float(self._floor[row]),
-            last_evaluated=float(self._last[row]),
-            state=EntityState(int(self._state[row])),
-            usd_link=self.usd_links[row],
-        )
+        decayed = None if utility is None else np.array([utility], dtype=np.float64)
+        return self.memories(np.array([row], dtype=np.intp), decayed)[0]
+
+    def memories(self, rows: np.ndarray, utility: np.ndarray | None = None) -> list[Memory]:
+        """Immutable copies of `rows`, optionally with their (decayed) utilities: one
+        gather and one ``tolist`` per column, not per row (a query builds five)."""
+        rows = np.asarray(rows, dtype=np.intp)
+        if rows.size == 0:
+            return []
+        values = self._utility[rows] if utility is None else np.asarray(utility, np.float64)
+        ids, payloads, links = self.ids, self.payloads, self.usd_links
+        return [
+            Memory(
+                entity_id=ids[row],
+                payload=payloads[row],
+                semantic_vector=tuple(vector),
+                utility=value,
+                attended_count=attended,
+                protected_floor=floor,
+                last_evaluated=last,
+                state=EntityState(state),
+                usd_link=links[row],
+            )
+            for row, vector, value, attended, floor, last, state in zip(
+                rows.tolist(),
+                self._vectors[rows].tolist(),
+                values.tolist(),
+                self._attended[rows].tolist(),
+                self._floor[rows].tolist(),
+                self._last[rows].tolist(),
+                self._state[rows].tolist(),
+                strict=True,
+            )
+        ]
 
     def image(self, meta: dict) -> HotImage:
         """The table for a snapshot (call under the handle's lock).

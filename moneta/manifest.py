@@ -19,4 +19,4 @@ def staged_rows(hot: HotTier) -> np.ndarray:
 
 def consolidation_manifest(hot: HotTier) -> list[Memory]:
     """Immutable copies of every STAGED_FOR_SYNC row."""
-    return [hot.memory(int(row)) for row in staged_rows(hot)]
+    return hot.memories(staged_rows(hot))

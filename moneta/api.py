@@ -52,10 +52,6 @@ from moneta.types import EntityState, Memory
 logger = logging.getLogger(__name__)
 
 _CONSOLIDATED = frozenset({EntityState.CONSOLIDATED})
-# Cold candidates fetched per requested result. The index ranks by the utility stored
-# at consolidation; the extra ones leave room for a cold copy whose utility changed
-# since (re-scored exactly), and each one costs the search a refine and a row read.
-_COLD_OVERFETCH = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,11 +370,11 @@ class Moneta:
 
     def _search_cold(self, query: np.ndarray, limit: int) -> list[tuple[float, Memory]]:
         """Cold hits ranked by cosine x utility. A consolidated memory's utility is frozen,
-        so the index ranks by it (weighted search); the over-fetch leaves room for a cold
-        copy whose utility an operator changed since, re-scored here exactly."""
-        found = self._index.search(
-            query, limit * _COLD_OVERFETCH, states=_CONSOLIDATED, weighted=True
-        )
+        so the index ranks by it (weighted search) and `limit` candidates suffice: each
+        one more costs the search a read of every column of a row, a disk read once the
+        store outgrows the page cache. Scores come from the cold tier's copy (the
+        authority), re-computed here."""
+        found = self._index.search(query, limit, states=_CONSOLIDATED, weighted=True)
         records = _cold_copies(self._parts.target, [record for record, _ in found])
         hits = []
         for record in records:

@@ -47,11 +47,9 @@ from moneta.manifest import consolidation_manifest, staged_rows
 from moneta.protocols import VectorRecord
 from moneta.scheduler import Scheduler
 from moneta.sequential_writer import SequentialWriter
-from moneta.types import EntityState, Memory
+from moneta.types import RANKED_STATES, EntityState, Memory
 
 logger = logging.getLogger(__name__)
-
-_CONSOLIDATED = frozenset({EntityState.CONSOLIDATED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +372,7 @@ class Moneta:
         one more costs the search a read of every column of a row, a disk read once the
         store outgrows the page cache. Scores come from the cold tier's copy (the
         authority), re-computed here."""
-        found = self._index.search(query, limit, states=_CONSOLIDATED, weighted=True)
+        found = self._index.search(query, limit, states=RANKED_STATES, weighted=True)
         records = _cold_copies(self._parts.target, [record for record, _ in found])
         hits = []
         for record in records:

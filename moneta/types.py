@@ -20,6 +20,11 @@ class EntityState(enum.IntEnum):
         return self.name.lower()
 
 
+# The states a weighted (cold) search ranks: only a consolidated memory's stored
+# utility is current, because it is frozen while the memory is cold.
+RANKED_STATES = frozenset({EntityState.CONSOLIDATED})
+
+
 @dataclass(frozen=True, slots=True)
 class Memory:
     """One memory as the agent sees it: an immutable copy, never a live view of a row.

@@ -9,9 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from moneta.types import EntityState
-
-_CONSOLIDATED = frozenset({EntityState.CONSOLIDATED})
+from moneta.types import RANKED_STATES, EntityState
 
 
 def payload(value: Any) -> str:
@@ -65,7 +63,7 @@ def embedding(value: Any, dim: int | None) -> np.ndarray:
 def weighted_states(states: frozenset[EntityState] | None) -> None:
     """A weighted search ranks consolidated records only: their utility is frozen while
     they are cold, any other record's stored utility has decayed since it was written."""
-    if states is None or not states <= _CONSOLIDATED:
+    if states is None or not states <= RANKED_STATES:
         raise ValueError(
             "states must be {EntityState.CONSOLIDATED} for a weighted search (only a"
             f" consolidated memory's stored utility is current), got {states!r}"

@@ -51,12 +51,14 @@ def embedding(value: Any, dim: int | None) -> np.ndarray:
         raise ValueError("embedding must not be empty")
     if dim is not None and vector.size != dim:
         raise ValueError(f"embedding has dimension {vector.size}, but this store's is {dim}")
-    if not np.isfinite(vector).all():
-        raise ValueError("embedding must contain only finite numbers (no NaN or inf)")
-    norm = math.sqrt(float(np.dot(vector, vector)))
-    if norm == 0.0 or not math.isfinite(norm):
+    # One reduction checks both rules: a NaN or inf entry makes the squared length
+    # NaN or inf, so the element-wise scan only runs to say which rule broke.
+    squared = float(np.dot(vector, vector))
+    if not 0.0 < squared < math.inf:
+        if not np.isfinite(vector).all():
+            raise ValueError("embedding must contain only finite numbers (no NaN or inf)")
         raise ValueError("embedding must have a non-zero, finite length")
-    vector /= norm
+    vector *= np.float32(1.0 / math.sqrt(squared))
     return vector
 
 

@@ -21,7 +21,7 @@ from moneta.errors import (
     ProtectedQuotaExceededError,
     SnapshotCorruptError,
 )
-from moneta.types import EntityState, Memory
+from moneta.types import EntityState, Memory, Vector
 
 __all__ = [
     "AuditEntry",
@@ -38,4 +38,5 @@ __all__ = [
     "SleepPreview",
     "SnapshotCorruptError",
     "StoreStats",
+    "Vector",
 ]

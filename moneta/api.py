@@ -42,14 +42,17 @@ from moneta.decay import decay_rate, decayed_utility
 from moneta.durability import DeleteRecord, DepositRecord, StoreLock, UnpinRecord
 from moneta.ecs import HotTier, top_rows
 from moneta.errors import MonetaClosedError, ProtectedQuotaExceededError
+from moneta.ids import new_id
 from moneta.journal import Journal, attention_record, rows_update
 from moneta.manifest import consolidation_manifest, staged_rows
 from moneta.protocols import VectorRecord
 from moneta.scheduler import Scheduler
 from moneta.sequential_writer import SequentialWriter
-from moneta.types import RANKED_STATES, EntityState, Memory
+from moneta.types import RANKED_STATES, EntityState, Memory, Vector
 
 logger = logging.getLogger(__name__)
+
+_NO_ROWS = np.empty(0, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +273,7 @@ class Moneta:
         floor = validation.protected_floor(protected_floor)
         vector = validation.embedding(embedding, self._hot.dim)
         now = self._begin_op()
-        entity_id = uuid.uuid4()
+        entity_id = new_id()
         with self._lock:
             self._check_open()
             hot = self._hot
@@ -359,10 +362,17 @@ class Moneta:
         n = len(hot)
         if n == 0:
             return []
-        cols = hot.columns()
-        utility = decayed_utility(cols.utility, cols.last_evaluated, cols.floor, now, self._rate)
+        cols = hot.view()
+        anchor, rate = hot.decay_anchor, self._rate
+        start = anchor.stale_from(n, now, rate)
+        exact = (  # no floor here: the anchor keeps floorless values and applies it
+            decayed_utility(cols.utility[start:], cols.last_evaluated[start:], 0.0, now, rate)
+            if start < n
+            else _NO_ROWS
+        )
+        utility = anchor.advance(exact, start, cols.last_evaluated, cols.floor, now, rate)
         scores = hot.vectors @ query
-        scores *= utility
+        scores *= utility.astype(np.float32)  # a float32 product: mixed types cost 2x
         top = top_rows(scores, limit)
         return list(zip(scores[top].tolist(), hot.memories(top, utility[top]), strict=True))
 
@@ -393,6 +403,8 @@ class Moneta:
         if it was evaluated after the cold copy was written, else the cold copy."""
         best: dict[UUID, tuple[float, Memory]] = {m.entity_id: (s, m) for s, m in cold_hits}
         linked = [m.entity_id for _, m in hot_hits if m.usd_link and m.entity_id not in best]
+        if not best and not linked:  # hot hits only, already best first
+            return [memory for _, memory in hot_hits[:limit]]
         if linked:
             for record in _cold_copies(self._parts.target, self._index.get(linked)):
                 if record.state == EntityState.CONSOLIDATED:
@@ -903,7 +915,7 @@ def _to_memory(record: VectorRecord) -> Memory:
     return Memory(
         entity_id=record.entity_id,
         payload=record.payload,
-        semantic_vector=tuple(np.asarray(record.vector, dtype=np.float32).tolist()),
+        semantic_vector=Vector(record.vector),
         utility=float(record.utility),
         attended_count=int(record.attended_count),
         protected_floor=float(record.protected_floor),

@@ -38,7 +38,7 @@ def decay_rate(half_life_seconds: float) -> float:
 def decayed_utility(
     utility: np.ndarray,
     last_evaluated: np.ndarray,
-    floor: np.ndarray,
+    floor: np.ndarray | float,
     now: float | np.ndarray,
     rate: float,
 ) -> np.ndarray:
@@ -55,3 +55,80 @@ def decayed_utility(
     np.multiply(elapsed, utility, out=elapsed)
     np.maximum(elapsed, floor, out=elapsed)
     return elapsed
+
+
+# Re-anchor once the anchor is this many e-foldings old: keeps the factor that folds
+# newer rows into the anchor (e^{λ(t-a)}) far from float64 overflow.
+MAX_ANCHOR_EXPONENT = 30.0
+
+
+class DecayAnchor:
+    """The hot rows' utilities decayed to one anchor time ``a``, so each query decays
+    them to its own time with a multiply instead of an ``exp`` per row.
+
+    Decay is memoryless: ``u·e^{-λ(t-l)} = [u·e^{-λ(a-l)}]·e^{-λ(t-a)}`` for every
+    ``t >= l``, so the bracket is stored per row and a query at ``t`` scales it by one
+    scalar, then applies the floor. Rows appended since the last query are evaluated
+    exactly by the caller (``decayed_utility`` at the query site) and folded in. The
+    owner drops the anchor on any other change to the rows (``drop``); a clock that
+    runs backwards past the newest evaluation time, or a rate change, starts over.
+    """
+
+    def __init__(self) -> None:
+        self._values = np.empty(0, dtype=np.float64)
+        self._rows = 0  # rows [0, _rows) hold anchored values
+        self._anchor = 0.0
+        self._newest = -math.inf  # latest last_evaluated among anchored rows
+        self._rate: float | None = None
+
+    def drop(self) -> None:
+        self._rows = 0
+
+    def stale_from(self, n: int, now: float, rate: float) -> int:
+        """The first of ``n`` rows the caller must evaluate exactly at ``now``."""
+        if (
+            self._rows == 0
+            or self._rows > n
+            or rate != self._rate
+            or now < self._newest
+            or rate * (now - self._anchor) > MAX_ANCHOR_EXPONENT
+        ):
+            return 0
+        return self._rows
+
+    def advance(
+        self,
+        exact: np.ndarray,
+        start: int,
+        last_evaluated: np.ndarray,
+        floor: np.ndarray,
+        now: float,
+        rate: float,
+    ) -> np.ndarray:
+        """Every row's decayed utility at ``now`` (a new array).
+
+        ``exact`` is ``decayed_utility`` of rows ``start:`` at ``now`` with no floor;
+        ``start`` is what ``stale_from`` returned for these rows.
+        """
+        n = floor.shape[0]
+        if start == 0:
+            self._anchor, self._rate, self._newest, self._rows = now, rate, -math.inf, 0
+        if self._values.shape[0] < n:
+            grown = np.empty(max(n, 2 * self._values.shape[0], 1024), dtype=np.float64)
+            grown[: self._rows] = self._values[: self._rows]
+            self._values = grown
+        out = np.empty(n, dtype=np.float64)
+        if start:
+            scale = math.exp(-rate * (now - self._anchor))
+            np.multiply(self._values[:start], scale, out=out[:start])
+        if start < n:
+            out[start:] = exact
+            newest = float(last_evaluated[start:].max())
+            if newest <= now:  # a row evaluated in the future (clock skew) clamps: not memoryless
+                np.multiply(exact, math.exp(rate * (now - self._anchor)), out=self._values[start:n])
+                self._newest = max(self._newest, newest)
+                self._rows = n
+            else:
+                self._rows = 0
+        np.maximum(out, floor, out=out)
+        return out

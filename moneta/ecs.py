@@ -22,7 +22,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from uuid import UUID, SafeUUID
+from uuid import UUID
 
 import numpy as np
 
@@ -30,11 +30,14 @@ import numpy as np
 # the first sleep pass of a process.
 import numpy.ma
 
+from moneta.decay import DecayAnchor
 from moneta.durability import HotImage, SharedRows
+from moneta.ids import uuids_from_bytes
 from moneta.protocols import VectorRecord
-from moneta.types import EntityState, Memory
+from moneta.types import EntityState, Memory, Vector
 
 MIN_CAPACITY = 1024
+_STATES = tuple(EntityState)  # by value: indexing is cheaper than EntityState(value)
 # Address space reserved up front for the widest column (the vectors), and at most
 # this many rows (tiny dimensions must not reserve gigabytes of scalar columns).
 # Untouched pages cost nothing, so this only moves the first copying growth far out.
@@ -94,22 +97,6 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(-scores[top], kind="stable")]
 
 
-def uuids_from_bytes(raw: np.ndarray) -> list[UUID]:
-    """UUIDs from an ``(n, 16) uint8`` column, without ``UUID.__init__``'s parsing
-    (about 3x faster; a store reopens 100k ids)."""
-    if raw.shape[0] == 0:
-        return []
-    halves = np.ascontiguousarray(raw, dtype=np.uint8).view(">u8")
-    new, set_field, unknown = object.__new__, object.__setattr__, SafeUUID.unknown
-    ids = []
-    for hi, lo in zip(halves[:, 0].tolist(), halves[:, 1].tolist(), strict=True):
-        u = new(UUID)
-        set_field(u, "int", (hi << 64) | lo)
-        set_field(u, "is_safe", unknown)
-        ids.append(u)
-    return ids
-
-
 @dataclass(slots=True)
 class Columns:
     """The per-row scalar columns, as views of the live table or as copies."""
@@ -141,6 +128,7 @@ class HotTier:
         self._allocate_scalars(self._capacity)
         self._shared: list[weakref.ref[SharedRows]] = []  # images still being written
         self._shared_rows = 0  # rows the live images cover: overwrites below keep a copy
+        self.decay_anchor = DecayAnchor()  # query-time decay without an exp per row
         self.ids: list[UUID] = []
         self.payloads: list[str] = []
         self.usd_links: list[str | None] = []
@@ -161,6 +149,16 @@ class HotTier:
         self._floor = np.empty(capacity, dtype=np.float64)
         self._last = np.empty(capacity, dtype=np.float64)
         self._state = np.empty(capacity, dtype=np.int8)
+        self._read_only_views()
+
+    def _read_only_views(self) -> None:
+        """Read-only views of the whole scalar columns, made once per allocation:
+        a slice of one is read-only too, which ``view`` needs without setting flags
+        on every call."""
+        columns = (self._utility, self._attended, self._floor, self._last, self._state)
+        self._readable = [column.view() for column in columns]
+        for column in self._readable:
+            column.flags.writeable = False
 
     def set_dim(self, dim: int) -> None:
         """Fix the embedding dimension (once) and reserve the vector column."""
@@ -203,6 +201,7 @@ class HotTier:
         self._floor = grown(self._floor)
         self._last = grown(self._last)
         self._state = grown(self._state)
+        self._read_only_views()
         self._capacity = capacity
         # Images read the old columns, which no longer change.
         self._shared, self._shared_rows = [], 0
@@ -215,11 +214,18 @@ class HotTier:
         return self._vectors[: self._n]
 
     def columns(self) -> Columns:
-        """Views of the live scalar columns; writes through them change the table."""
+        """Views of the live scalar columns; writes through them change the table (so
+        the decay anchor, which caches utility and time per row, is dropped)."""
+        self.decay_anchor.drop()
         n = self._n
         return Columns(
             self._utility[:n], self._attended[:n], self._floor[:n], self._last[:n], self._state[:n]
         )
+
+    def view(self) -> Columns:
+        """Read-only views of the live scalar columns (the decay anchor stays)."""
+        n = self._n
+        return Columns(*[column[:n] for column in self._readable])
 
     def row_of(self, entity_id: UUID) -> int | None:
         return self._row.get(entity_id)
@@ -280,6 +286,7 @@ class HotTier:
         doomed = np.unique(np.asarray(rows, dtype=np.int64))
         if doomed.size == 0:
             return []
+        self.decay_anchor.drop()  # rows move
         n = self._n
         new_n = n - doomed.size
         removed = [self.ids[r] for r in doomed.tolist()]
@@ -338,22 +345,24 @@ class HotTier:
         if rows.size == 0:
             return []
         values = self._utility[rows] if utility is None else np.asarray(utility, np.float64)
+        vectors = self._vectors[rows]  # one gathered copy: each Vector is a read-only row
+        vectors.flags.writeable = False
         ids, payloads, links = self.ids, self.payloads, self.usd_links
         return [
             Memory(
                 entity_id=ids[row],
                 payload=payloads[row],
-                semantic_vector=tuple(vector),
+                semantic_vector=Vector.adopt(vector),
                 utility=value,
                 attended_count=attended,
                 protected_floor=floor,
                 last_evaluated=last,
-                state=EntityState(state),
+                state=_STATES[state],
                 usd_link=links[row],
             )
             for row, vector, value, attended, floor, last, state in zip(
                 rows.tolist(),
-                self._vectors[rows].tolist(),
+                vectors,
                 values.tolist(),
                 self._attended[rows].tolist(),
                 self._floor[rows].tolist(),

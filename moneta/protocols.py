@@ -24,7 +24,7 @@ from uuid import UUID
 
 import numpy as np
 
-from moneta.types import EntityState, Memory
+from moneta.types import EntityState, Memory, Vector
 
 if TYPE_CHECKING:
     from moneta.gist import GistRequest
@@ -74,7 +74,7 @@ class VectorRecord:
         return Memory(
             entity_id=self.entity_id,
             payload=self.payload,
-            semantic_vector=tuple(float(x) for x in self.vector),
+            semantic_vector=Vector(self.vector),
             utility=self.utility,
             attended_count=self.attended_count,
             protected_floor=self.protected_floor,

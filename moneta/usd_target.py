@@ -46,7 +46,7 @@ from uuid import UUID
 from pxr import Sdf, Tf, Usd
 
 from moneta.errors import AuthoringError, MonetaError
-from moneta.types import EntityState, Memory
+from moneta.types import EntityState, Memory, Vector
 from moneta.usd_layers import (
     PROTECTED_LAYER,
     ROOT_LAYER,
@@ -100,7 +100,7 @@ class ColdRecord:
         return Memory(
             entity_id=self.entity_id,
             payload=self.payload,
-            semantic_vector=tuple(float(x) for x in semantic_vector),
+            semantic_vector=Vector(semantic_vector),
             utility=self.utility,
             attended_count=self.attended_count,
             protected_floor=self.protected_floor,

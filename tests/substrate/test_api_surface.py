@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from moneta import EntityState, Memory, Moneta, MonetaClosedError, MonetaConfig
+from moneta.types import Vector
 from tests.substrate.conftest import FakeClock, unit_vector
 
 AGENT_METHODS = {"deposit", "query", "signal_attention", "get_consolidation_manifest"}
@@ -134,3 +135,37 @@ def test_context_manager_and_idempotent_close() -> None:
     # Closing released the store name: a new handle opens it.
     with Moneta(config) as again:
         assert again.stats().hot == 0  # memory stores do not outlive their handle
+
+
+def test_semantic_vector_is_an_immutable_sequence_of_the_stored_floats(clock: FakeClock) -> None:
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(11)
+    vector = unit_vector(rng)
+    with Moneta(MonetaConfig.ephemeral(clock=clock, auto_sleep=False)) as m:
+        m.deposit("a", vector)
+        m.deposit("b", unit_vector(rng))
+        [hit, other] = m.query(vector, limit=2)
+    v = hit.semantic_vector
+    want = np.asarray(vector, dtype=np.float32) / np.linalg.norm(vector)
+    assert len(v) == len(vector) == 16
+    assert list(v) == want.tolist() and v.tolist() == want.tolist()
+    assert v[0] == float(want[0]) and v[-1] == float(want[-1])
+    assert tuple(v[2:5]) == tuple(want[2:5].tolist())
+    # Equal to (and hashed like) the tuple of its floats; Memory stays hashable.
+    assert v == tuple(want.tolist()) and hash(v) == hash(tuple(want.tolist()))
+    assert v != other.semantic_vector and v != list(v)
+    assert len({hit, dataclasses.replace(hit), other}) == 2
+    # Nothing reachable from it writes back: not the array, not the store.
+    array = np.asarray(v)
+    assert array.dtype == np.float32 and not array.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        array[0] = 5.0
+    with pytest.raises(TypeError):
+        v[0] = 5.0  # type: ignore[index]
+    assert np.asarray(v, dtype=np.float64).flags.writeable  # a converted copy is the caller's
+    assert pickle.loads(pickle.dumps(hit)) == hit and copy.deepcopy(hit) == hit
+    # A Memory built by hand from any sequence gets the same type.
+    built = dataclasses.replace(hit, semantic_vector=[1.0, 0.5])
+    assert built.semantic_vector == (1.0, 0.5) and isinstance(built.semantic_vector, Vector)

@@ -12,7 +12,7 @@ import pytest
 
 import moneta
 from moneta import Moneta, MonetaConfig
-from moneta.decay import decay_rate, decayed_utility
+from moneta.decay import DecayAnchor, decay_rate, decayed_utility
 from tests.substrate.conftest import FakeClock, unit_vector
 
 PACKAGE = Path(moneta.__file__).parent
@@ -172,3 +172,88 @@ def test_lambda_is_logged_when_it_changes(caplog: pytest.LogCaptureFixture) -> N
     [record] = caplog.records
     assert "λ=" in record.getMessage() and "half-life 1234 s" in record.getMessage()
     assert "previous 0.000892" in record.getMessage()  # ln 2 / 777
+
+
+def _anchored(
+    anchor: DecayAnchor,
+    u: np.ndarray,
+    last: np.ndarray,
+    floor: np.ndarray,
+    now: float,
+    rate: float,
+) -> tuple[int, np.ndarray]:
+    """One query's decay through the anchor, as the handle's query scoring does it."""
+    n = u.shape[0]
+    start = anchor.stale_from(n, now, rate)
+    exact = decayed_utility(u[start:], last[start:], 0.0, now, rate)
+    return start, anchor.advance(exact, start, last, floor, now, rate)
+
+
+def test_decay_anchor_equals_the_closed_form_through_appends_changes_skew_and_time() -> None:
+    rng = np.random.default_rng(8)
+    rate = decay_rate(600.0)
+    anchor = DecayAnchor()
+    u = rng.uniform(0.0, 1.0, 300)
+    last = rng.uniform(0.0, 1000.0, 300)
+    floor = np.where(rng.random(300) < 0.2, 0.05, 0.0)
+    now, starts = 1000.0, []
+
+    def check() -> None:
+        start, got = _anchored(anchor, u, last, floor, now, rate)
+        starts.append(start)
+        np.testing.assert_allclose(got, decayed_utility(u, last, floor, now, rate), rtol=1e-12)
+
+    check()  # anchors every row
+    for step in range(40):
+        now += float(rng.uniform(0.0, 120.0))
+        if step % 5 == 1:  # deposits since the last query: only they are evaluated
+            k = int(rng.integers(1, 50))
+            u = np.concatenate([u, np.ones(k)])
+            last = np.concatenate([last, np.full(k, now)])
+            floor = np.concatenate([floor, np.zeros(k)])
+        check()
+    assert starts.count(0) == 1  # no change but appends: the anchor never restarted
+    assert sum(1 for s in starts[1:] if s < u.shape[0]) >= 8  # appended rows were folded in
+    # A changed row: the owner drops the anchor and every row is evaluated again.
+    u[3] = 0.9
+    last[3] = now
+    anchor.drop()
+    check()
+    assert starts[-1] == 0
+    # The clock steps back past the newest evaluation: the clamp is not memoryless.
+    now -= 30.0
+    check()
+    assert starts[-1] == 0
+    # A row evaluated "in the future" (skew) is clamped, and never anchored.
+    u = np.append(u, 0.7)
+    last = np.append(last, now + 500.0)
+    floor = np.append(floor, 0.0)
+    check()
+    now += 100.0
+    check()
+    assert starts[-1] == 0
+    # A very old anchor (many e-foldings) is replaced rather than scaled further.
+    now += 40 * 600.0 / math.log(2)
+    check()
+    assert starts[-1] == 0
+
+
+def test_query_utilities_stay_exact_while_deposits_and_queries_interleave(
+    clock: FakeClock,
+) -> None:
+    rng = np.random.default_rng(9)
+    half_life = 600.0
+    config = MonetaConfig.ephemeral(clock=clock, auto_sleep=False, half_life_seconds=half_life)
+    with Moneta(config) as m:
+        born: dict = {}
+        for round_ in range(12):
+            for _ in range(5):
+                vector = unit_vector(rng)
+                born[m.deposit(f"memory of round {round_}", vector)] = clock()
+                clock.advance(7.0)
+            hits = m.query(unit_vector(rng), limit=60)
+            assert len(hits) == len(born)
+            for hit in hits:
+                want = 0.5 ** ((clock() - born[hit.entity_id]) / half_life)
+                assert hit.utility == pytest.approx(want, rel=1e-12, abs=0.0)
+            clock.advance(45.0)

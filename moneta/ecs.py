@@ -33,7 +33,7 @@ import numpy.ma
 from moneta.decay import DecayAnchor
 from moneta.durability import HotImage, SharedRows
 from moneta.ids import uuids_from_bytes
-from moneta.protocols import VectorRecord
+from moneta.protocols import RecordColumns
 from moneta.types import EntityState, Memory, Vector
 
 MIN_CAPACITY = 1024
@@ -405,26 +405,26 @@ class HotTier:
             shared=shared,
         )
 
-    def records(self, rows: Sequence[int] | np.ndarray) -> list[VectorRecord]:
-        """Vector-index records of ``rows`` (state VOLATILE), built column-wise.
+    def records(self, rows: Sequence[int] | np.ndarray) -> RecordColumns:
+        """Vector-index records of ``rows`` (state VOLATILE), column-wise.
 
-        Their vectors are views of the live table (no 4·dim bytes per row of
-        temporaries on a bulk load): pass them to ``VectorIndex.upsert`` at once,
-        under the handle's lock, which copies them.
+        The vectors are a view of the live table when ``rows`` is a run (a bulk load
+        makes no 4·dim bytes per row of temporaries): pass them to
+        ``VectorIndex.upsert`` at once, under the handle's lock, which copies them.
         """
         rows = np.asarray(rows, dtype=np.int64)
-        vectors = self._vectors
-        utility = self._utility[rows].tolist()
-        attended = self._attended[rows].tolist()
-        floor = self._floor[rows].tolist()
-        last = self._last[rows].tolist()
-        ids, payloads = self.ids, self.payloads
-        volatile = EntityState.VOLATILE
-        return [
-            VectorRecord(ids[r], vectors[r], payloads[r], utility[i], attended[i], floor[i],
-                         last[i], volatile)
-            for i, r in enumerate(rows.tolist())
-        ]  # fmt: skip
+        n = rows.shape[0]
+        if n and rows[-1] - rows[0] == n - 1 and bool((np.diff(rows) == 1).all()):
+            picked = slice(int(rows[0]), int(rows[-1]) + 1)
+            ids, payloads = self.ids[picked], self.payloads[picked]
+        else:
+            picked = rows
+            ids = [self.ids[r] for r in rows.tolist()]
+            payloads = [self.payloads[r] for r in rows.tolist()]
+        return RecordColumns(
+            ids, self._vectors[picked], payloads, self._utility[picked], self._attended[picked],
+            self._floor[picked], self._last[picked], EntityState.VOLATILE,
+        )  # fmt: skip
 
     @classmethod
     def from_image(cls, image: HotImage, *, capacity: int = MIN_CAPACITY) -> HotTier:

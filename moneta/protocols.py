@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, overload, runtime_checkable
 from uuid import UUID
 
 import numpy as np
@@ -82,6 +82,68 @@ class VectorRecord:
             state=self.state,
             usd_link=self.usd_link,
         )
+
+
+class RecordColumns(Sequence[VectorRecord]):
+    """Records of one state held column-wise: a ``Sequence[VectorRecord]`` that builds
+    each record only when it is read. An index that loads columns (the in-memory one)
+    takes the arrays as they are, without a Python object per row; any other index
+    reads it as the records it is."""
+
+    __slots__ = (
+        "attended",
+        "entity_ids",
+        "floor",
+        "last",
+        "payloads",
+        "state",
+        "utility",
+        "vectors",
+    )
+
+    def __init__(
+        self,
+        entity_ids: list[UUID],
+        vectors: np.ndarray,
+        payloads: list[str],
+        utility: np.ndarray,
+        attended: np.ndarray,
+        floor: np.ndarray,
+        last: np.ndarray,
+        state: EntityState,
+    ) -> None:
+        n = len(entity_ids)
+        if vectors.ndim != 2 or vectors.shape[0] != n or len(payloads) != n:
+            raise ValueError(
+                f"RecordColumns: {n} ids, vectors {vectors.shape}, {len(payloads)} payloads"
+            )
+        for name, column in (
+            ("utility", utility),
+            ("attended", attended),
+            ("floor", floor),
+            ("last", last),
+        ):
+            if column.shape != (n,):
+                raise ValueError(f"RecordColumns: {name} has shape {column.shape}, not ({n},)")
+        self.entity_ids, self.vectors, self.payloads = entity_ids, vectors, payloads
+        self.utility, self.attended, self.floor, self.last = utility, attended, floor, last
+        self.state = state
+
+    def __len__(self) -> int:
+        return len(self.entity_ids)
+
+    @overload
+    def __getitem__(self, index: int) -> VectorRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[VectorRecord]: ...
+    def __getitem__(self, index: int | slice) -> VectorRecord | list[VectorRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return VectorRecord(
+            self.entity_ids[index], self.vectors[index], self.payloads[index],
+            float(self.utility[index]), int(self.attended[index]), float(self.floor[index]),
+            float(self.last[index]), self.state,
+        )  # fmt: skip
 
 
 @runtime_checkable

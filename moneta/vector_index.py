@@ -27,7 +27,7 @@ import numpy as np
 
 from moneta import validation
 from moneta.ecs import MIN_CAPACITY, allocate, reserve, top_rows
-from moneta.protocols import VectorRecord
+from moneta.protocols import RecordColumns, VectorRecord
 from moneta.types import EntityState
 
 
@@ -93,6 +93,31 @@ class _Partition:
         self.ids.extend(ids)
         self.payloads.extend([r.payload for r in records])
         self.links.extend([r.usd_link for r in records])
+        self.n = end
+
+    def append_columns(self, columns: RecordColumns) -> None:
+        """A bulk load of records this partition does not hold: one copy per column."""
+        k = len(columns)
+        start, end = self.n, self.n + k
+        if end > self._capacity:
+            capacity = max(MIN_CAPACITY, self._capacity)
+            while capacity < end:
+                capacity *= 2
+            self._allocate(capacity)
+        block = self.vectors[start:end]
+        block[:] = columns.vectors
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        inv = self.inv_norm[start:end]
+        inv[:] = 0.0
+        np.divide(1.0, norms, out=inv, where=norms > 0)
+        self.utility[start:end] = columns.utility
+        self.attended[start:end] = columns.attended
+        self.floor[start:end] = columns.floor
+        self.last[start:end] = columns.last
+        self.row.update(zip(columns.entity_ids, range(start, end), strict=True))
+        self.ids.extend(columns.entity_ids)
+        self.payloads.extend(columns.payloads)
+        self.links.extend([None] * k)
         self.n = end
 
     def _append_one(self, record: VectorRecord) -> None:
@@ -206,6 +231,8 @@ class InMemoryVectorIndex:
     # --- writes ----------------------------------------------------------------
 
     def upsert(self, records: Sequence[VectorRecord]) -> None:
+        if isinstance(records, RecordColumns) and self._load_columns(records):
+            return
         records = [_checked(r, self._dim) for r in records]
         if not records:
             return
@@ -251,6 +278,25 @@ class InMemoryVectorIndex:
                 part.remove(rows)
             for state, group in fresh.items():
                 self._part(EntityState(state)).append(group)
+
+    def _load_columns(self, columns: RecordColumns) -> bool:
+        """Load ``columns`` as they are into an empty index; False if the index holds
+        records (an upsert may replace some: the record path handles that)."""
+        vectors = columns.vectors
+        if vectors.dtype != np.float32 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
+            return False
+        if len(set(columns.entity_ids)) != len(columns):
+            return False  # the last write of an id wins: the record path orders them
+        with self._lock:
+            if any(part.n for part in self._parts.values()):
+                return False
+            if self._dim is not None and vectors.shape[1] != self._dim:
+                raise ValueError(
+                    f"vector dimension {vectors.shape[1]} != index dimension {self._dim}"
+                )
+            self._dim = vectors.shape[1]
+            self._part(columns.state).append_columns(columns)
+        return True
 
     def delete(self, entity_ids: Iterable[UUID]) -> None:
         with self._lock:

@@ -284,7 +284,7 @@ class Moneta:
                     f"embedding has dimension {vector.size}, but this store's is {hot.dim}"
                 )
             if floor > 0:
-                protected = int(np.count_nonzero(hot.columns().floor > 0))
+                protected = int(np.count_nonzero(hot.view().floor > 0))
                 if protected >= self._config.quota_override:
                     raise ProtectedQuotaExceededError(
                         f"protected deposits are limited to quota_override="
@@ -438,7 +438,7 @@ class Moneta:
             hydrate = [
                 r.entity_id for r in self._index.get(unknown) if r.state == EntityState.CONSOLIDATED
             ]
-            cols = hot.columns().copy()
+            cols = hot.view().copy()
             signals = _signals(entries, rows)
             reduce_signals(cols, signals, now, self._rate)
             chosen = select(cols, now, self._rate)
@@ -592,7 +592,7 @@ class Moneta:
             with self._lock:
                 rows = self._hot.rows_of(batch_ids)
                 rows = rows[rows >= 0]
-                state = self._hot.columns().state[rows]
+                state = self._hot.view().state[rows]
                 rows = rows[state == EntityState.STAGED_FOR_SYNC]
                 memories = self._hot.memories(rows)
                 vectors = self._hot.vectors[rows].copy()
@@ -740,7 +740,7 @@ class Moneta:
                     self._parts.target.forget([entity_id])
                     return False
                 if row is not None:
-                    cols = self._hot.columns()
+                    cols = self._hot.view()
                     utility, attended = float(cols.utility[row]), int(cols.attended[row])
                 else:
                     utility, attended = known[0].utility, known[0].attended_count
@@ -775,7 +775,7 @@ class Moneta:
         with self._sleep_lock, self._lock:
             self._check_open()
             row = self._hot.row_of(entity_id)
-            hot = row is not None and bool(self._hot.columns().floor[row] != 0.0)
+            hot = row is not None and bool(self._hot.view().floor[row] != 0.0)
             if hot:
                 if self._journal is not None:
                     self._journal.append(UnpinRecord(entity_id))
@@ -811,7 +811,7 @@ class Moneta:
             with self._lock:
                 self._check_open()
                 row = self._hot.row_of(entity_id)
-                if row is None or self._hot.columns().floor[row] <= 0.0:
+                if row is None or self._hot.view().floor[row] <= 0.0:
                     raise ValueError(
                         f"entity_id {entity_id} must be a pinned hot memory (protected_floor > 0)"
                     )
@@ -838,7 +838,7 @@ class Moneta:
         """Counts of what the store holds right now."""
         with self._lock:
             hot = self._hot
-            cols = hot.columns()
+            cols = hot.view()
             return StoreStats(
                 storage=self._key,
                 embedding_dim=hot.dim,
@@ -856,7 +856,7 @@ class Moneta:
 
     def _record(self, row: int) -> VectorRecord:
         hot = self._hot
-        cols = hot.columns()
+        cols = hot.view()
         return VectorRecord(
             entity_id=hot.ids[row],
             vector=hot.vectors[row].copy(),

@@ -148,7 +148,7 @@ def attention_record(entry: AttentionEntry) -> AttentionRecord:
 
 def rows_update(hot: HotTier, rows: np.ndarray) -> RowsUpdateRecord:
     """Absolute values of ``rows`` as a replay-idempotent record."""
-    cols = hot.columns()
+    cols = hot.view()
     row_list = rows.tolist()
     return RowsUpdateRecord(
         entity_ids=[hot.ids[r] for r in row_list],

@@ -14,7 +14,7 @@ from moneta.types import EntityState, Memory
 
 def staged_rows(hot: HotTier) -> np.ndarray:
     """Rows in STAGED_FOR_SYNC, in table order."""
-    return np.flatnonzero(hot.columns().state == EntityState.STAGED_FOR_SYNC)
+    return np.flatnonzero(hot.view().state == EntityState.STAGED_FOR_SYNC)
 
 
 def consolidation_manifest(hot: HotTier) -> list[Memory]:

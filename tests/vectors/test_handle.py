@@ -92,9 +92,9 @@ def test_dimension_fixed_by_first_deposit_across_reopen(tmp_path: Path) -> None:
         assert [x.entity_id for x in m.query(unit(1).tolist(), limit=1)] == [first]
 
 
-# The count. About 160 s here: a LanceDB commit of one row costs 2-4 ms (a
-# data file, a transaction file and a manifest) and the writer's compaction every
-# COMPACT_EVERY commits ~150 ms, so this is the suite's longest test.
+# The count. A LanceDB commit of one row writes a data file, a transaction
+# file and a manifest (2-12 ms on a disk, half that in tests/conftest.py's tmpfs) and
+# the writer compacts every COMPACT_EVERY commits: the suite's longest test.
 SINGLE_ROW_COMMITS = 20_000
 COMPACT_EVERY = 128
 

@@ -67,57 +67,64 @@ class _Partition:
         self._capacity = capacity
 
     def append(self, records: Sequence[VectorRecord]) -> None:
-        k = len(records)
-        start, end = self.n, self.n + k
-        if end > self._capacity:
-            capacity = max(MIN_CAPACITY, self._capacity)
-            while capacity < end:
-                capacity *= 2
-            self._allocate(capacity)
-        if k == 1:
+        start, end = self._reserve(len(records))
+        if end - start == 1:
             self._append_one(records[0])
             return
-        block = self.vectors[start:end]
         # One flat copy; np.stack would cost a Python-level call per row.
-        np.concatenate([r.vector for r in records], out=block.reshape(-1))
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        inv = self.inv_norm[start:end]
-        inv[:] = 0.0
-        np.divide(1.0, norms, out=inv, where=norms > 0)
-        self.utility[start:end] = [r.utility for r in records]
-        self.attended[start:end] = [r.attended_count for r in records]
-        self.floor[start:end] = [r.protected_floor for r in records]
-        self.last[start:end] = [r.last_evaluated for r in records]
-        ids = [r.entity_id for r in records]
-        self.row.update(zip(ids, range(start, end), strict=True))
-        self.ids.extend(ids)
-        self.payloads.extend([r.payload for r in records])
-        self.links.extend([r.usd_link for r in records])
-        self.n = end
+        np.concatenate([r.vector for r in records], out=self.vectors[start:end].reshape(-1))
+        self._append_block(
+            start, [r.entity_id for r in records], [r.payload for r in records],
+            [r.usd_link for r in records], [r.utility for r in records],
+            [r.attended_count for r in records], [r.protected_floor for r in records],
+            [r.last_evaluated for r in records],
+        )  # fmt: skip
 
     def append_columns(self, columns: RecordColumns) -> None:
         """A bulk load of records this partition does not hold: one copy per column."""
-        k = len(columns)
+        start, end = self._reserve(len(columns))
+        self.vectors[start:end] = columns.vectors
+        self._append_block(
+            start, columns.entity_ids, columns.payloads, [None] * (end - start),
+            columns.utility, columns.attended, columns.floor, columns.last,
+        )  # fmt: skip
+
+    def _reserve(self, k: int) -> tuple[int, int]:
+        """Rows ``[n, n + k)``, growing the columns if needed."""
         start, end = self.n, self.n + k
         if end > self._capacity:
             capacity = max(MIN_CAPACITY, self._capacity)
             while capacity < end:
                 capacity *= 2
             self._allocate(capacity)
+        return start, end
+
+    def _append_block(
+        self,
+        start: int,
+        ids: list[UUID],
+        payloads: list[str],
+        links: list[str | None],
+        utility: Sequence[float] | np.ndarray,
+        attended: Sequence[int] | np.ndarray,
+        floor: Sequence[float] | np.ndarray,
+        last: Sequence[float] | np.ndarray,
+    ) -> None:
+        """Rows from ``start`` whose vectors the caller has written: norms and the rest."""
+        end = start + len(ids)
         block = self.vectors[start:end]
-        block[:] = columns.vectors
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))
         inv = self.inv_norm[start:end]
         inv[:] = 0.0
         np.divide(1.0, norms, out=inv, where=norms > 0)
-        self.utility[start:end] = columns.utility
-        self.attended[start:end] = columns.attended
-        self.floor[start:end] = columns.floor
-        self.last[start:end] = columns.last
-        self.row.update(zip(columns.entity_ids, range(start, end), strict=True))
-        self.ids.extend(columns.entity_ids)
-        self.payloads.extend(columns.payloads)
-        self.links.extend([None] * k)
+        self.utility[start:end] = utility
+        self.attended[start:end] = attended
+        self.floor[start:end] = floor
+        self.last[start:end] = last
+        self.row.update(zip(ids, range(start, end), strict=True))
+        self.ids.extend(ids)
+        self.payloads.extend(payloads)
+        self.links.extend(links)
         self.n = end
 
     def _append_one(self, record: VectorRecord) -> None:

@@ -340,7 +340,8 @@ class HotTier:
 
     def memories(self, rows: np.ndarray, utility: np.ndarray | None = None) -> list[Memory]:
         """Immutable copies of `rows`, optionally with their (decayed) utilities: one
-        gather and one ``tolist`` per column, not per row (a query builds five)."""
+        gather per column, not per row (a query builds five); each ``Vector`` is a
+        read-only row of the one gathered vector block."""
         rows = np.asarray(rows, dtype=np.intp)
         if rows.size == 0:
             return []

@@ -175,6 +175,42 @@ def test_search_filters_by_state_in_buffer_and_table(tmp_path: Path) -> None:
     index.close()
 
 
+def test_cold_search_skips_the_table_while_no_row_is_consolidated(tmp_path: Path) -> None:
+    """A store with only hot rows answers a consolidated-only search without a table
+    search; the first consolidated row, buffered or committed, and a reopen of a table
+    holding one make it search again."""
+    index = LanceVectorIndex(tmp_path, **QUIET)
+    hot = [record(i) for i in range(30)]
+    index.upsert(hot)
+    index.commit()
+    assert index.search(unit(3), 5, states=CONSOLIDATED, weighted=True) == []
+    assert index.table_searches == 0
+    assert index.search(unit(3), 1)[0][0].entity_id == hot[3].entity_id  # any state
+    assert index.table_searches == 1
+    index.close()
+
+    reopened = LanceVectorIndex(tmp_path, **QUIET)  # the table holds hot rows only
+    assert reopened.search(unit(3), 5, states=CONSOLIDATED) == []
+    assert reopened.table_searches == 0
+    cold = record(3, state=EntityState.CONSOLIDATED, entity_id=hot[3].entity_id, usd_link="/M3")
+    reopened.upsert([cold])  # buffered: a state change of a committed row
+    hits = reopened.search(unit(3), 5, states=CONSOLIDATED, weighted=True)
+    assert [(r.entity_id, r.state) for r, _ in hits] == [(cold.entity_id, cold.state)]
+    assert reopened.table_searches == 1
+    reopened.commit()
+    reopened.close()
+
+    again = LanceVectorIndex(tmp_path, **QUIET)  # the consolidated row is on disk now
+    hits = again.search(unit(3), 5, states=CONSOLIDATED, weighted=True)
+    assert [r.entity_id for r, _ in hits] == [cold.entity_id]
+    assert again.table_searches == 1
+    again.delete([cold.entity_id])  # deletes leave it searching: a stale "may hold"
+    again.commit()
+    assert again.search(unit(3), 5, states=CONSOLIDATED) == []
+    assert again.table_searches == 2
+    again.close()
+
+
 def test_ann_index_built_past_threshold_and_unindexed_rows_found(tmp_path: Path) -> None:
     dim = 32
     index = LanceVectorIndex(tmp_path, ann_threshold=3000, **QUIET)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import struct
 from collections.abc import Sequence
 from numbers import Real
 from typing import Any
@@ -41,10 +43,13 @@ def embedding(value: Any, dim: int | None) -> np.ndarray:
         raise TypeError(
             f"embedding must be a list of floats (or a 1-D numpy array), got {type(value).__name__}"
         )
-    try:
-        vector = np.array(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"embedding must contain only numbers: {exc}") from None
+    vector = _packed_list(value, dim)
+    if vector is None:
+        try:
+            with np.errstate(over="ignore"):  # too large for float32: inf, rejected below
+                vector = np.array(value, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"embedding must contain only numbers: {exc}") from None
     if vector.ndim != 1:
         raise ValueError(f"embedding must be 1-D, got shape {vector.shape}")
     if vector.size == 0:
@@ -55,11 +60,37 @@ def embedding(value: Any, dim: int | None) -> np.ndarray:
     # NaN or inf, so the element-wise scan only runs to say which rule broke.
     squared = float(np.dot(vector, vector))
     if not 0.0 < squared < math.inf:
+        if not isinstance(value, np.ndarray) and None in value:  # numpy reads None as NaN
+            raise TypeError(f"embedding must contain only numbers, got None at {value.index(None)}")
         if not np.isfinite(vector).all():
             raise ValueError("embedding must contain only finite numbers (no NaN or inf)")
         raise ValueError("embedding must have a non-zero, finite length")
     vector *= np.float32(1.0 / math.sqrt(squared))
     return vector
+
+
+def _packed_list(value: Any, dim: int | None) -> np.ndarray | None:
+    """A list of ``dim`` numbers packed straight into float32, or None for anything else
+    (the general path then converts it, or words the error).
+
+    ``np.array`` first discovers a list's shape and type, item by item: for 384 floats
+    that is ~9 us of a deposit's ~50, against ~3 us here. Packing rounds and widens
+    exactly as the cast does; a value float32 cannot hold raises and takes the general
+    path, which turns it into inf and rejects it there.
+    """
+    if dim is None or type(value) is not list or len(value) != dim:
+        return None
+    vector = np.empty(dim, dtype=np.float32)
+    try:
+        _float32_packer(dim).pack_into(vector, 0, *value)
+    except (struct.error, OverflowError, TypeError):
+        return None
+    return vector
+
+
+@functools.lru_cache(maxsize=16)
+def _float32_packer(dim: int) -> struct.Struct:
+    return struct.Struct(f"={dim}f")
 
 
 def weighted_states(states: frozenset[EntityState] | None) -> None:

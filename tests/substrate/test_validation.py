@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moneta import Moneta, MonetaConfig
+from moneta import Moneta, MonetaConfig, validation
 
 GOOD = [0.6, 0.8, 0.0]
 
@@ -30,6 +30,9 @@ BAD_DEPOSITS: list[tuple[str, Callable[[Moneta], object], type[Exception], str]]
     ("2-D", lambda m: m.deposit("x", [[1.0, 0.0, 0.0]]), ValueError, "embedding"),
     ("text embedding", lambda m: m.deposit("x", "1,0,0"), TypeError, "embedding"),
     ("str items", lambda m: m.deposit("x", ["a", "b", "c"]), TypeError, "embedding"),
+    ("one str item", lambda m: m.deposit("x", [0.6, "b", 0.0]), TypeError, "embedding"),
+    ("None item", lambda m: m.deposit("x", [None, 0.8, 0.0]), TypeError, "embedding"),
+    ("float32 overflow", lambda m: m.deposit("x", [1e39, 0.8, 0.0]), ValueError, "embedding"),
     ("bytes payload", lambda m: m.deposit(b"x", GOOD), TypeError, "payload"),
     ("None payload", lambda m: m.deposit(None, GOOD), TypeError, "payload"),
     ("int payload", lambda m: m.deposit(3, GOOD), TypeError, "payload"),
@@ -114,6 +117,19 @@ def test_rejected_signal_names_the_argument_and_appends_nothing(
         assert m.run_sleep_pass().attention_applied == 0
         [hit] = m.query(GOOD)
         assert hit.attended_count == 0
+
+
+def test_a_list_embedding_converts_exactly_as_an_array_does() -> None:
+    """Lists of the store's dimension are packed straight to float32; the result must be
+    the bytes numpy's cast gives, over magnitudes from subnormal up to where the squared
+    length still fits in float32."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        values = rng.standard_normal(16) * 10.0 ** rng.integers(-44, 18, 16)
+        as_list: list[object] = values.tolist()
+        as_list[:3] = [1, True, np.float32(0.25)]  # ints, bools and numpy scalars too
+        expected = validation.embedding(np.array(as_list, dtype=np.float32), 16)
+        assert validation.embedding(as_list, 16).tobytes() == expected.tobytes()
 
 
 def test_first_deposit_fixes_the_dimension_even_on_an_empty_store() -> None:

@@ -4,10 +4,14 @@ both tiers is shown once."""
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import numpy as np
 import pytest
 
 from moneta import EntityState, Moneta, MonetaConfig
+from moneta.ecs import HUGE_PAGE_ARRAY_BYTES, HotTier, allocate, reserve
 from tests.substrate.conftest import FakeClock, unit_vector
 
 
@@ -86,3 +90,41 @@ def test_top_rows_finds_the_largest_scores_best_first(n: int, k: int) -> None:
         want = np.sort(scores)[::-1][: min(k, n)]
         assert len(set(top.tolist())) == len(top) == min(k, n)
         assert np.array_equal(scores[top], want)
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds ``address``."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux smaps")
+def test_a_reserved_vector_column_is_private_and_never_huge_paged() -> None:
+    """The hot tier's reserved vector column is filled row by row: it must not fault in
+    2 MiB huge pages (a multi-ms stall per 2 MiB of deposits), and a forked child's
+    writes must stay the child's (private, not shared, anonymous memory)."""
+    hot = HotTier()
+    vector = np.full(384, 1 / np.sqrt(384), dtype=np.float32)
+    hot.append(uuid.uuid4(), vector, "x", floor=0.0, utility=1.0, attended=0, last_evaluated=0.0)
+    assert reserve(0, 4 * 384) * 4 * 384 >= HUGE_PAGE_ARRAY_BYTES
+    flags = _vm_flags(hot.vectors.ctypes.data)
+    assert "nh" in flags and "sh" not in flags  # MADV_NOHUGEPAGE, MAP_PRIVATE
+    small = allocate(8, (4,), np.float32, 8)  # below the threshold: plain numpy
+    assert small.flags.owndata and small.shape == (8, 4)
+
+    column = allocate(4096, (384,), np.float32, 1024)
+    column[:] = 1.0
+    pid = os.fork()
+    if pid == 0:  # the child overwrites everything and leaves at once
+        column[:] = 2.0
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert float(column.min()) == float(column.max()) == 1.0

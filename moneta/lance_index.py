@@ -328,6 +328,20 @@ class _IdSet:
         self._removed.clear()
 
 
+_HEX_COLUMNS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
+def _id_strings(ids: Sequence[UUID]) -> pa.StringArray:
+    """UUIDs → their canonical strings, in bulk (``str(UUID)`` is Python code: 1.8 ms
+    of every 1,024-row group commit, which holds the GIL a deposit waits for)."""
+    n = len(ids)
+    hexed = bytes.hex(b"".join([u.bytes for u in ids])).encode("ascii")
+    chars = np.full((n, 36), ord("-"), dtype=np.uint8)
+    chars[:, _HEX_COLUMNS] = np.frombuffer(hexed, dtype=np.uint8).reshape(n, 32)
+    offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars))
+
+
 def _id_bytes(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Canonical uuid strings (36 chars) → 16-byte keys, without a Python loop per id."""
     if isinstance(ids, pa.ChunkedArray):
@@ -622,18 +636,23 @@ class LanceVectorIndex:
 
     def _arrow(self, records: Sequence[VectorRecord]) -> pa.Table:
         assert self._dim is not None
-        vectors = np.stack([np.asarray(r.vector, dtype=np.float32) for r in records])
+        # One flat copy (np.stack converts and checks each row first: 4x slower).
+        vectors = np.concatenate([r.vector for r in records], dtype=np.float32)
+        vectors = vectors.reshape(len(records), self._dim)
+        n = len(records)
+        states = np.fromiter((r.state for r in records), np.int8, n)
+        utility = np.fromiter((r.utility for r in records), np.float64, n)
         columns = [
-            pa.array([str(r.entity_id) for r in records], pa.string()),
+            _id_strings([r.entity_id for r in records]),
             pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self._dim),
             pa.array([r.payload for r in records], pa.string()),
-            pa.array([int(r.state) for r in records], pa.int8()),
-            pa.array([float(r.utility) for r in records], pa.float64()),
-            pa.array([int(r.attended_count) for r in records], pa.int64()),
-            pa.array([float(r.protected_floor) for r in records], pa.float64()),
-            pa.array([float(r.last_evaluated) for r in records], pa.float64()),
+            pa.array(states),
+            pa.array(utility),
+            pa.array(np.fromiter((r.attended_count for r in records), np.int64, n)),
+            pa.array(np.fromiter((r.protected_floor for r in records), np.float64, n)),
+            pa.array(np.fromiter((r.last_evaluated for r in records), np.float64, n)),
             pa.array([r.usd_link for r in records], pa.string()),
-            _ranked_array(vectors, [r.utility for r in records], [int(r.state) for r in records]),
+            _ranked_array(vectors, utility, states),
         ]
         return pa.Table.from_arrays(columns, schema=stored_schema(self._dim))
 

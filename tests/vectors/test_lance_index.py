@@ -214,6 +214,11 @@ def test_cold_search_skips_the_table_while_no_row_is_consolidated(tmp_path: Path
 def test_ann_index_built_past_threshold_and_unindexed_rows_found(tmp_path: Path) -> None:
     dim = 32
     index = LanceVectorIndex(tmp_path, ann_threshold=3000, **QUIET)
+    hot = [record(i + 10_000, dim=dim) for i in range(3500)]
+    index.upsert(hot)
+    index.maintain()
+    assert not index.ann_indexed  # hot rows do not count: the handle never searches them
+    index.delete(r.entity_id for r in hot)
     first = [record(i, dim=dim, state=EntityState.CONSOLIDATED) for i in range(2500)]
     index.upsert(first)
     index.maintain()
@@ -292,7 +297,7 @@ def test_concurrent_writers_readers_and_maintenance_lose_nothing(
 def test_sleep_pass_retrains_ann_after_many_deltas_and_merges_fragments(tmp_path: Path) -> None:
     index = LanceVectorIndex(tmp_path, commit_every=1 << 20, commit_interval_s=3600.0,
                              ann_threshold=200, compact_every=2)  # fmt: skip
-    index.upsert([record(i) for i in range(300)])
+    index.upsert([record(i, state=EntityState.CONSOLIDATED) for i in range(300)])
     index.maintain()
     assert index.ann_indexed and index.table_stats().ann_deltas == 1
     added = []

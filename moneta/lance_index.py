@@ -406,9 +406,9 @@ class LanceVectorIndex:
         self._ann = False
         self._scalar_ready = False
         # False only while the index provably holds no consolidated row: then a
-        # search for them returns at once instead of scanning every hot row's vector
-        # (a flat search over 100k rows is ~50 ms before the sleep pass builds the
-        # ANN index). Deletes never clear it; a stale True only costs a search.
+        # search for them returns at once instead of a LanceDB search that finds
+        # nothing (~50 ms over 100k hot rows the state index does not cover yet).
+        # Deletes never clear it; a stale True only costs a search.
         self._may_hold_ranked = False
         self.table_searches = 0
         self._dim: int | None = None

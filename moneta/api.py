@@ -137,6 +137,7 @@ class Moneta:
                 self._checkpoint()
         else:
             self._hot = HotTier(capacity=capacity)
+            self._fill_fresh_index()  # first: the cold tier's vectors fix the dimension
             self._fix_dim(None)
 
     def _fix_dim(self, stored_half_life: float | None) -> None:
@@ -158,6 +159,23 @@ class Moneta:
                 self._config.half_life_seconds,
             )
 
+    def _fill_fresh_index(self) -> bool:
+        """Load an empty index (in memory: nothing of it outlived the last process)
+        from the tiers: the cold tier's memories, where it keeps their vectors, and
+        every hot row without a cold copy. True if the index was empty."""
+        hot, index = self._hot, self._index
+        if index.count():
+            return False
+        cold_records = getattr(self._parts.target, "records", None)
+        if cold_records is not None:
+            cold = cold_records()
+            if cold:
+                index.upsert(cold)
+        rows = [row for row, link in enumerate(hot.usd_links) if link is None]
+        if rows:
+            index.upsert(hot.records(rows))
+        return True
+
     def _reconcile_index(
         self, deposited: set[UUID], pruned: set[UUID], forgotten: set[UUID]
     ) -> None:
@@ -168,11 +186,7 @@ class Moneta:
         link. Replayed prunes and forgets are applied again (idempotent).
         """
         hot, index = self._hot, self._index
-        if index.count() == 0 and len(hot):
-            # A fresh (in-memory) index: load every hot row without a cold copy in bulk.
-            rows = [row for row, link in enumerate(hot.usd_links) if link is None]
-            if rows:
-                index.upsert(hot.records(rows))
+        if self._fill_fresh_index():
             deposited = set()
         candidates = [e for e in deposited if e in hot]
         cold = {

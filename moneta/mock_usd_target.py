@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import numpy as np
+
 from moneta.errors import AuthoringError
+from moneta.protocols import VectorRecord
 from moneta.types import EntityState, Memory
 
 SCHEMA_VERSION = 1
@@ -100,6 +103,24 @@ class JsonlMockTarget:
                 for batch in self._batches
                 for entry in batch["entries"]
             }
+
+    def records(self) -> list[VectorRecord]:
+        """Every authored memory as a CONSOLIDATED index record, vector included: what a
+        fresh in-memory index needs to search the cold tier after a reopen."""
+        return [
+            VectorRecord(
+                entity_id=entity_id,
+                vector=np.asarray(entry["semantic_vector"], dtype=np.float32),
+                payload=entry["payload"],
+                utility=float(entry["utility"]),
+                attended_count=int(entry["attended_count"]),
+                protected_floor=float(entry["protected_floor"]),
+                last_evaluated=float(entry["last_evaluated"]),
+                state=EntityState.CONSOLIDATED,
+                usd_link=entry["usd_link"],
+            )
+            for entity_id, entry in self.entries().items()
+        ]
 
     def batches(self) -> list[dict[str, Any]]:
         with self._lock:

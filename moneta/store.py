@@ -67,6 +67,14 @@ class StoreParts:
 def open_index(config: MonetaConfig, directory: Path | None) -> VectorIndex:
     backend = vector_backend(config)
     if backend == "memory":
+        if directory is not None and cold_tier(config) == "usd":
+            # The USD cold tier keeps no vectors and this index does not outlive the
+            # process: consolidated memories could never be found again after a reopen.
+            raise ValueError(
+                "vector_backend 'memory' on a file store needs cold_tier 'jsonl' (which keeps"
+                " each memory's vector); the 'usd' cold tier keeps none, so use"
+                " vector_backend 'lancedb' (the default for file stores) with it"
+            )
         return InMemoryVectorIndex(dim=config.embedding_dim)
     if directory is None:
         raise ValueError("vector_backend 'lancedb' needs a file store, not memory://")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,62 @@ def test_query_reads_cold_without_hydrating_and_attention_hydrates(clock: FakeCl
         assert hit.attended_count == 4
         assert hit.utility > 0.5
         assert hit.last_evaluated == clock()
+
+
+@pytest.mark.parametrize("durability", [True, False], ids=["durable", "no-wal"])
+def test_in_memory_index_finds_cold_memories_after_reopen(
+    tmp_path: Path, clock: FakeClock, durability: bool
+) -> None:
+    """The in-memory index does not outlive its process: on a file store it is refilled
+    from the JSONL cold tier (which keeps vectors), so a consolidated memory, and a
+    hydrated one's cold copy, are found again after a reopen."""
+    rng = np.random.default_rng(62)
+    config = MonetaConfig(
+        storage_uri=tmp_path / "store", clock=clock, auto_sleep=False,
+        vector_backend="memory", cold_tier="jsonl", durability=durability,
+    )  # fmt: skip
+    vectors = [unit_vector(rng) for _ in range(3)]
+    with Moneta(config) as m:
+        cold, hydrated, hot = (m.deposit(f"memory {i}", v) for i, v in enumerate(vectors))
+        for _ in range(3):
+            m.signal_attention({cold: -0.3, hydrated: -0.3})
+        assert m.run_sleep_pass().consolidated == 2
+        clock.advance(10.0)
+        m.signal_attention({hydrated: 0.5})
+        assert m.run_sleep_pass().hydrated == 1
+        before = {h.entity_id: (h.state, h.usd_link) for h in m.query(vectors[0], limit=3)}
+    with Moneta(config) as m:
+        stats = m.stats()
+        assert stats.embedding_dim == len(vectors[0])
+        [hit] = m.query(vectors[0], limit=1)
+        assert (hit.entity_id, hit.payload) == (cold, "memory 0")
+        assert hit.state is EntityState.CONSOLIDATED
+        assert hit.usd_link == f"/Memory_{cold.hex}" and hit.attended_count == 3
+        if durability:  # the hydrated memory is hot again, shown once, cold link kept
+            assert (stats.hot, stats.index_records) == (2, 3)  # 2 cold copies, 1 hot row
+            [hit] = m.query(vectors[2], limit=1)
+            assert (hit.entity_id, hit.state) == (hot, EntityState.VOLATILE)
+            after = {h.entity_id: (h.state, h.usd_link) for h in m.query(vectors[0], limit=3)}
+            assert after == before
+            [hit] = m.query(vectors[1], limit=1)
+            assert (hit.entity_id, hit.state) == (hydrated, EntityState.VOLATILE)
+            assert hit.usd_link == f"/Memory_{hydrated.hex}"
+        else:  # without a WAL nothing hot survives: the cold copies answer
+            assert (stats.hot, stats.index_records) == (0, 2)
+            [hit] = m.query(vectors[1], limit=1)
+            assert (hit.entity_id, hit.state) == (hydrated, EntityState.CONSOLIDATED)
+
+
+def test_in_memory_index_refuses_a_usd_cold_tier_on_a_file_store(tmp_path: Path) -> None:
+    """The USD cold tier keeps no vectors: with an index that dies with the process,
+    consolidated memories could never be searched again, so the store refuses to open."""
+    config = MonetaConfig(storage_uri=tmp_path / "store", vector_backend="memory", cold_tier="usd")
+    with pytest.raises(ValueError, match=r"vector_backend 'memory'.*cold_tier 'jsonl'"):
+        Moneta(config)
+    with Moneta(MonetaConfig(storage_uri=tmp_path / "store", vector_backend="memory",
+                             cold_tier="jsonl")) as m:  # fmt: skip
+        m.deposit("the store opens with a cold tier that keeps vectors", [1.0, 0.0])
+        assert m.stats().hot == 1
 
 
 def test_unknown_and_pruned_ids_are_not_hydrated(clock: FakeClock) -> None:

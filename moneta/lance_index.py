@@ -638,9 +638,9 @@ class LanceVectorIndex:
     def _arrow(self, records: Sequence[VectorRecord]) -> pa.Table:
         assert self._dim is not None
         # One flat copy (np.stack converts and checks each row first: 4x slower).
-        vectors = np.concatenate([r.vector for r in records], dtype=np.float32)
-        vectors = vectors.reshape(len(records), self._dim)
         n = len(records)
+        vectors = np.concatenate([r.vector for r in records], dtype=np.float32)
+        vectors = vectors.reshape(n, self._dim)
         states = np.fromiter((r.state for r in records), np.int8, n)
         utility = np.fromiter((r.utility for r in records), np.float64, n)
         columns = [

@@ -163,7 +163,6 @@ def _vm_flags(address: int) -> list[str]:
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux smaps")
 def test_a_reserved_vector_column_is_private_and_never_huge_paged() -> None:
     """The hot tier's reserved vector column is filled row by row: it must not fault in
     2 MiB huge pages (a multi-ms stall per 2 MiB of deposits), and a forked child's

@@ -2,8 +2,11 @@
 
 ``uuid.uuid4()`` makes one ``getrandom`` system call and runs the constructor's checks
 for every id, about a tenth of a deposit. ``new_id`` draws the random bytes of
-``POOL_IDS`` ids in one call instead. The pool belongs to the process: a forked child
-starts with an empty one, so a parent and its child never hand out the same id.
+``POOL_IDS`` ids in one call instead and turns them into an id only when one is asked
+for, so a refill is the system call alone (turning all 256 into ints at once made the
+refilling deposit ~100 µs slower, a third of the slowest 1% of deposits). The pool
+belongs to the process: a forked child starts with an empty one, so a parent and its
+child never hand out the same id.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ _SET = (0x8000 << 48) | (4 << 76)
 
 _UNKNOWN = SafeUUID.unknown  # an enum member lookup costs a descriptor call
 _lock = threading.Lock()
-_pool: list[int] = []
+_pool = b""  # random bytes of the ids not yet handed out, from _taken on
+_taken = 0
 
 
 def _reset_after_fork() -> None:
-    global _lock
+    global _lock, _pool, _taken
     _lock = threading.Lock()
-    _pool.clear()
+    _pool, _taken = b"", 0
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -36,12 +40,14 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 def new_id() -> UUID:
     """A random (version 4) UUID, as ``uuid.uuid4()`` makes."""
+    global _pool, _taken
     with _lock:
-        if not _pool:
-            raw = os.urandom(16 * POOL_IDS)
-            _pool.extend(int.from_bytes(raw[i : i + 16], "big") for i in range(0, len(raw), 16))
-        value = _pool.pop()
-    return _make((value & _CLEAR) | _SET)
+        if _taken == len(_pool):
+            _pool, _taken = os.urandom(16 * POOL_IDS), 0
+        start = _taken
+        _taken = start + 16
+        raw = _pool[start : start + 16]
+    return _make((int.from_bytes(raw, "big") & _CLEAR) | _SET)
 
 
 def uuids_from_bytes(raw: np.ndarray) -> list[UUID]:

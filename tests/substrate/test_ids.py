@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 
 import numpy as np
@@ -47,3 +48,21 @@ def test_uuids_from_bytes_round_trips_a_column() -> None:
     column = np.frombuffer(b"".join(u.bytes for u in ids), np.uint8).reshape(-1, 16)
     assert uuids_from_bytes(column) == ids
     assert uuids_from_bytes(np.empty((0, 16), np.uint8)) == []
+
+
+def test_threads_drawing_across_refills_never_share_an_id() -> None:
+    per_thread = 3 * POOL_IDS + 5  # every thread crosses several refills
+    drawn: list[list[uuid.UUID]] = [[] for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def draw(out: list[uuid.UUID]) -> None:
+        start.wait()
+        out.extend(new_id() for _ in range(per_thread))
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in drawn]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [u for out in drawn for u in out]
+    assert len(ids) == 8 * per_thread and len(set(ids)) == len(ids)

@@ -66,7 +66,7 @@ class StoreStats:
     staged: int
     protected: int
     pending_attention: int
-    index_records: int
+    index_records: int  # every memory in a persistent index; the cold ones in an in-memory one
     sleep_passes: int
     half_life_seconds: float
     durable: bool
@@ -118,6 +118,7 @@ class Moneta:
             self._file_lock.acquire()
         self._parts = store.open_parts(config)
         self._index = self._parts.index
+        self._mirror_hot = self._index.persistent  # see VectorIndex.persistent
         self._writer = SequentialWriter(self._parts.target, self._index)
         if config.gist_sink is not None:
             from moneta.gist import open_coordinator  # USD-only, imported on use
@@ -161,8 +162,9 @@ class Moneta:
 
     def _fill_fresh_index(self) -> bool:
         """Load an empty index (in memory: nothing of it outlived the last process)
-        from the tiers: the cold tier's memories, where it keeps their vectors, and
-        every hot row without a cold copy. True if the index was empty."""
+        from the tiers: the cold tier's memories, where it keeps their vectors, and,
+        for a persistent index, every hot row without a cold copy. True if the index
+        was empty."""
         hot, index = self._hot, self._index
         if index.count():
             return False
@@ -171,9 +173,10 @@ class Moneta:
             cold = cold_records()
             if cold:
                 index.upsert(cold)
-        rows = [row for row, link in enumerate(hot.usd_links) if link is None]
-        if rows:
-            index.upsert(hot.records(rows))
+        if self._mirror_hot:
+            rows = [row for row, link in enumerate(hot.usd_links) if link is None]
+            if rows:
+                index.upsert(hot.records(rows))
         return True
 
     def _reconcile_index(
@@ -200,7 +203,7 @@ class Moneta:
                 hot.set_usd_link(row, cold[entity_id].usd_link)
             elif hot.usd_links[row] is None:
                 rows.append(row)
-        if rows:
+        if rows and self._mirror_hot:
             index.upsert(hot.records(rows))
         stale = [
             r.entity_id
@@ -315,20 +318,21 @@ class Moneta:
                 attended=0,
                 last_evaluated=now,
             )
-            self._index.upsert(
-                [
-                    VectorRecord(
-                        entity_id=entity_id,
-                        vector=vector,
-                        payload=payload,
-                        utility=1.0,
-                        attended_count=0,
-                        protected_floor=floor,
-                        last_evaluated=now,
-                        state=EntityState.VOLATILE,
-                    )
-                ]
-            )
+            if self._mirror_hot:
+                self._index.upsert(
+                    [
+                        VectorRecord(
+                            entity_id=entity_id,
+                            vector=vector,
+                            payload=payload,
+                            utility=1.0,
+                            attended_count=0,
+                            protected_floor=floor,
+                            last_evaluated=now,
+                            state=EntityState.VOLATILE,
+                        )
+                    ]
+                )
             size = len(hot)
         if (self._config.auto_sleep and size >= self._pressure_check_at) or self._checkpoint_due():
             self._scheduler.poke()
@@ -592,7 +596,8 @@ class Moneta:
             if self._journal is not None:
                 self._journal.append(DeleteRecord(ids, "prune"))
             hot.remove_rows(prune)
-            self._index.delete([e for e in ids if e not in linked])
+            if self._mirror_hot:
+                self._index.delete([e for e in ids if e not in linked])
         return int(stage.size), int(prune.size)
 
     def _consolidate(

@@ -362,6 +362,8 @@ def _id_bytes(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
 class LanceVectorIndex:
     """The persistent ``VectorIndex`` of a file store (see the module docstring)."""
 
+    persistent = True
+
     def __init__(
         self,
         directory: Path | str,

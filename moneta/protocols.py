@@ -160,6 +160,13 @@ class VectorIndex(Protocol):
         """Embedding dimension, fixed by the first upsert (and persisted); None while empty."""
         ...
 
+    @property
+    def persistent(self) -> bool:
+        """Whether the records outlive the process. The handle writes every memory to a
+        persistent index (the authority a store reopens from) but only cold memories to
+        one that is not: the hot tier already answers exactly for the hot ones."""
+        ...
+
     def upsert(self, records: Sequence[VectorRecord]) -> None:
         """Insert or replace records by entity_id. Raises ValueError on a dim mismatch."""
         ...

@@ -1,7 +1,9 @@
 """In-memory ``VectorIndex``: exact cosine (or cosine x utility) search over numpy columns.
 
 Used by ``memory://`` stores (and wherever no persistent backend is configured).
-Nothing here survives the process.
+Nothing here survives the process, so the handle keeps only cold memories in it
+(``persistent`` is False): the hot tier is already an exact index of the hot ones, and
+a second copy of every deposit was about half of a deposit's time.
 
 Records live in columns, not as objects: one partition per ``EntityState``, each a
 float32 vector matrix (as given, with a column of inverse norms so search needs no
@@ -26,7 +28,7 @@ from uuid import UUID
 import numpy as np
 
 from moneta import validation
-from moneta.ecs import MIN_CAPACITY, allocate, reserve, top_rows
+from moneta.ecs import MIN_CAPACITY, allocate, top_rows
 from moneta.protocols import RecordColumns, VectorRecord
 from moneta.types import EntityState
 
@@ -209,6 +211,8 @@ class _Partition:
 class InMemoryVectorIndex:
     """Exact cosine index over numpy columns, partitioned by entity state."""
 
+    persistent = False  # the handle keeps only cold memories here (see VectorIndex)
+
     def __init__(self, dim: int | None = None) -> None:
         self._lock = threading.Lock()
         self._dim = dim
@@ -223,9 +227,7 @@ class InMemoryVectorIndex:
         part = self._parts.get(state)
         if part is None:
             assert self._dim is not None
-            # Every deposit is VOLATILE: reserve its partition like the hot tier.
-            wanted = reserve(0, 4 * self._dim) if state == EntityState.VOLATILE else MIN_CAPACITY
-            part = self._parts[state] = _Partition(EntityState(state), self._dim, wanted)
+            part = self._parts[state] = _Partition(EntityState(state), self._dim, MIN_CAPACITY)
         return part
 
     def _find(self, entity_id: UUID) -> tuple[_Partition, int] | None:

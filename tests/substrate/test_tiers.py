@@ -80,7 +80,7 @@ def test_in_memory_index_finds_cold_memories_after_reopen(
         assert hit.state is EntityState.CONSOLIDATED
         assert hit.usd_link == f"/Memory_{cold.hex}" and hit.attended_count == 3
         if durability:  # the hydrated memory is hot again, shown once, cold link kept
-            assert (stats.hot, stats.index_records) == (2, 3)  # 2 cold copies, 1 hot row
+            assert (stats.hot, stats.index_records) == (2, 2)  # the index: 2 cold copies
             [hit] = m.query(vectors[2], limit=1)
             assert (hit.entity_id, hit.state) == (hot, EntityState.VOLATILE)
             after = {h.entity_id: (h.state, h.usd_link) for h in m.query(vectors[0], limit=3)}
@@ -92,6 +92,39 @@ def test_in_memory_index_finds_cold_memories_after_reopen(
             assert (stats.hot, stats.index_records) == (0, 2)
             [hit] = m.query(vectors[1], limit=1)
             assert (hit.entity_id, hit.state) == (hydrated, EntityState.CONSOLIDATED)
+
+
+@pytest.mark.parametrize("backend", ["memory", "lancedb"])
+def test_only_a_persistent_index_holds_hot_memories(
+    tmp_path: Path, clock: FakeClock, backend: str
+) -> None:
+    """LanceDB is the authority a store reopens from, so every deposit goes into it; the
+    in-memory index dies with the process, so the handle keeps only cold memories there
+    (the hot tier already searches the hot ones exactly). Either way every memory is
+    found, once."""
+    rng = np.random.default_rng(63)
+    config = MonetaConfig(
+        storage_uri=tmp_path / "store", clock=clock, auto_sleep=False,
+        vector_backend=backend, cold_tier="jsonl",
+    )  # fmt: skip
+    persistent = backend == "lancedb"
+    vectors = [unit_vector(rng) for _ in range(20)]
+    with Moneta(config) as m:
+        ids = [m.deposit(f"memory {i}", v) for i, v in enumerate(vectors)]
+        assert m._index.persistent is persistent
+        assert m.stats().index_records == (20 if persistent else 0)
+        fading = ids[:5]
+        for _ in range(3):
+            m.signal_attention(dict.fromkeys(fading, -0.3))
+        assert m.run_sleep_pass().consolidated == 5
+        states = {r.entity_id: r.state for r in m._index.get(ids)}
+        cold = dict.fromkeys(fading, EntityState.CONSOLIDATED)
+        hot = dict.fromkeys(ids[5:], EntityState.VOLATILE)
+        assert states == ({**cold, **hot} if persistent else cold)
+        assert (m.stats().hot, m.stats().index_records) == (15, 20 if persistent else 5)
+        hits = m.query(vectors[0], limit=25)
+        assert len(hits) == 20
+        assert {h.entity_id: h.state for h in hits} == {**cold, **hot}
 
 
 def test_in_memory_index_refuses_a_usd_cold_tier_on_a_file_store(tmp_path: Path) -> None:

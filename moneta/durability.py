@@ -7,12 +7,14 @@ Layout inside the store directory::
     snapshot.bin            latest hot-tier snapshot (atomic: temp, fsync, rename)
 
 A record is acknowledged once ``WriteAheadLog.append`` returns: its bytes are in
-the kernel (one ``os.write``), so they survive ``kill -9`` of the process. fsync
-is grouped: a timer thread (``fsync_interval_s``) fsyncs the active segment,
-segments rotated out since the last tick and the directory, and ``close`` fsyncs
-what is left, so power loss can cost at most the last interval; with
-``fsync_interval_s=0`` every append, rotation and new segment is fsynced at once
-(power-loss safety at a latency cost).
+the kernel's page cache (copied into a segment file mapped shared, see
+``moneta.log_segment``), so they survive ``kill -9`` of the process. fsync is
+grouped: a background thread (``fsync_interval_s``) makes the active segment's new
+records durable, retires segments filled or rotated out since the last tick (cut to
+their records, fsynced) and fsyncs the directory, and ``close`` does what is left,
+so power loss can cost at most the last interval; with ``fsync_interval_s=0`` every
+append, rotation and new segment is synced at once (power-loss safety at a latency
+cost).
 
 Snapshot protocol (no acknowledged record can be lost to a racing append):
 under the handle's lock the caller calls ``wal.rotate()`` (new appends go to the
@@ -23,10 +25,11 @@ segments newer than the one it covers.
 
 Framing of one WAL record: ``u32 length | u32 crc32 | u8 kind | body``, little
 endian; ``length`` counts ``kind`` and ``body``; the CRC covers the length field,
-``kind`` and ``body``. A torn or CRC-failing *final* record of the *last* segment is
-skipped with a warning (the process died mid-write, so it was never acknowledged)
-and cut off the file, so later appends never sit behind garbage; damage anywhere
-else raises ``WalCorruptError`` naming the file and offset.
+``kind`` and ``body``. Zero fill after the last record (the unused end of a mapped
+segment) is the end of the log. A torn or CRC-failing *final* record of the *last*
+segment is skipped with a warning (the process died mid-write, so it was never
+acknowledged) and cut off the file, so later appends never sit behind garbage;
+damage anywhere else raises ``WalCorruptError`` naming the file and offset.
 
 Snapshot file: ``magic | u32 version | u32 header length | JSON header | columns
 (64-byte aligned raw numpy buffers) | u32 crc32 | end magic``; the CRC covers every
@@ -46,6 +49,7 @@ import os
 import re
 import struct
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -57,6 +61,7 @@ from uuid import UUID
 import numpy as np
 
 from moneta.errors import MonetaError, MonetaResourceLockedError, SnapshotCorruptError
+from moneta.log_segment import MappedSegment
 
 logger = logging.getLogger(__name__)
 
@@ -476,7 +481,7 @@ _KIND_BYTES = {kind: bytes([kind]) for kind in _DECODERS}
 
 
 def encode_record(record: WalRecord) -> bytes:
-    """One complete frame (header + kind + body), ready for a single ``os.write``."""
+    """One complete frame (header + kind + body), appended as one piece."""
     try:
         kind, encode = _ENCODERS[type(record)]
     except KeyError:
@@ -519,6 +524,8 @@ def _scan_frames(data: memoryview) -> _Scan:
             return _Scan(frames, off, "incomplete frame header")
         length, crc = _FRAME_HEAD.unpack_from(data, off)
         start = off + _FRAME_HEAD.size
+        if length == 0 and _all_zero(data, off):  # a mapped segment's unused end
+            return _Scan(frames, off, None)
         if length == 0 or length > _MAX_RECORD:
             return _Scan(frames, off, f"invalid record length {length}")
         if start + length > size:
@@ -533,7 +540,7 @@ def _scan_frames(data: memoryview) -> _Scan:
 def _is_torn_tail(data: memoryview, scan: _Scan) -> bool:
     """Is the damage confined to the last frame (or to zero fill after it)?
 
-    One append is one ``os.write`` under a lock, so a crash can tear at most the
+    Appends are serialised under a lock, so a crash can tear at most the
     final frame; power loss can additionally leave zero-filled blocks after it.
     """
     off = scan.valid_end
@@ -545,27 +552,46 @@ def _is_torn_tail(data: memoryview, scan: _Scan) -> bool:
     if 0 < length <= _MAX_RECORD and end >= size:
         return True
     rest_from = end if 0 < length <= _MAX_RECORD else off + _FRAME_HEAD.size
-    return not any(data[rest_from:])
+    return _all_zero(data, rest_from)
+
+
+def _all_zero(data: memoryview, start: int) -> bool:
+    return start >= len(data) or not np.frombuffer(data, np.uint8, offset=start).any()
 
 
 # --- write-ahead log ---------------------------------------------------------
 
 _SEGMENT_RE = re.compile(r"^(\d{12})\.wal$")
+_PREPARED_SUFFIX = ".wal.tmp"  # a segment being prepared; never replayed
+SEGMENT_BYTES = 16 << 20
 
 
 class WriteAheadLog:
     """Segmented append-only log; thread-safe ``append``.
 
     ``directory`` is the store directory (segments go to ``directory/wal``; a path
-    already named ``wal`` is used as-is). The active segment is created lazily by
-    the first ``append``/``rotate``, after the tail of the newest existing segment
-    has been checked (a torn final record there is cut off with a warning), so a
-    segment never continues behind garbage. ``start_after`` forces new segment
-    numbers above a snapshot's ``covers_segment`` even if every segment file is gone.
+    already named ``wal`` is used as-is). Segments are ``MappedSegment`` files of
+    ``segment_bytes``: an append is a copy into the page cache, and one that does not
+    fit continues in the next segment. The active segment is created lazily by the
+    first ``append``/``rotate``, after the tail of the newest existing segment has been
+    checked (a torn final record there is cut off with a warning), so a segment never
+    continues behind garbage. ``start_after`` forces new segment numbers above a
+    snapshot's ``covers_segment`` even if every segment file is gone.
+
+    With ``fsync_interval_s > 0`` a background thread does every slow step off the
+    appending threads: every interval it flushes what was appended; it populates the
+    active segment's pages and prepares the next segment (preallocated, populated,
+    under a temporary name until an append needs it); it retires full or rotated
+    segments (cut to their records, fsynced, closed).
     """
 
     def __init__(
-        self, directory: Path, *, fsync_interval_s: float = 1.0, start_after: int = 0
+        self,
+        directory: Path,
+        *,
+        fsync_interval_s: float = 1.0,
+        start_after: int = 0,
+        segment_bytes: int = SEGMENT_BYTES,
     ) -> None:
         interval = float(fsync_interval_s)
         if not math.isfinite(interval) or interval < 0:
@@ -574,21 +600,31 @@ class WriteAheadLog:
             )
         if int(start_after) < 0:
             raise ValueError(f"start_after must be >= 0, got {start_after!r}")
+        if (
+            isinstance(segment_bytes, bool)
+            or not isinstance(segment_bytes, int)
+            or (segment_bytes < mmap.PAGESIZE)
+        ):
+            raise ValueError(
+                f"segment_bytes must be an int >= {mmap.PAGESIZE}, got {segment_bytes!r}"
+            )
         directory = Path(directory)
         self.directory = directory if directory.name == WAL_DIR_NAME else directory / WAL_DIR_NAME
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync_interval_s = interval
+        self.segment_bytes = segment_bytes
         self._start_after = int(start_after)
         self._lock = threading.Lock()
-        self._fd: int | None = None
+        self._segment: MappedSegment | None = None
         self._active: int | None = None
-        self._size = 0  # bytes in the active segment
-        self._dirty = False
-        self._retired: list[int] = []  # fds of rotated-out segments awaiting fsync + close
+        self._next: MappedSegment | None = None  # prepared by the background thread
+        self._next_path = self.directory / f".next-{os.getpid()}-{id(self):x}{_PREPARED_SUFFIX}"
+        self._retired: list[MappedSegment] = []  # full or rotated, awaiting retire()
         self._dir_dirty = False  # a segment was created since the last directory fsync
         self._closed = False
         self._tail_checked = False
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a segment was used up or rotated: prepare the next
         self._syncer: threading.Thread | None = None
 
     # -- paths ------------------------------------------------------------
@@ -613,94 +649,118 @@ class WriteAheadLog:
     @property
     def active_bytes(self) -> int:
         """Bytes appended to the active segment (a hint for when to snapshot)."""
-        return self._size
+        segment = self._segment
+        return 0 if segment is None else segment.size
 
     # -- writing ----------------------------------------------------------
 
     def append(self, record: WalRecord) -> None:
-        """Encode and write the record with a single ``os.write``."""
+        """Encode the record and copy it into the active segment."""
         frame = encode_record(record)
         with self._lock:
-            if self._fd is None:
-                self._open_active_locked()
-            fd = self._fd
-            assert fd is not None
-            written = os.write(fd, frame)
-            if written != len(frame):
-                self._finish_short_write_locked(fd, frame, written)
-            self._size += len(frame)
+            segment = self._segment
+            if segment is None or segment.size + len(frame) > segment.capacity:
+                segment = self._next_segment_locked(len(frame))
+            segment.append(frame)
             if self.fsync_interval_s == 0:
-                os.fsync(fd)
-            else:
-                self._dirty = True
+                segment.flush(segment.size)
         if self._syncer is None and self.fsync_interval_s > 0:
             self._start_syncer()
-
-    def _finish_short_write_locked(self, fd: int, frame: bytes, written: int) -> None:
-        """Complete a short write, or cut the partial frame off and raise."""
-        try:
-            view = memoryview(frame)
-            while written < len(frame):
-                n = os.write(fd, view[written:])
-                if n <= 0:
-                    raise OSError(f"write to {self.segment_path(self._active or 0)} stalled")
-                written += n
-        except OSError:
-            os.ftruncate(fd, self._size)
-            raise
 
     def rotate(self) -> int:
         """Close the current segment and open the next; return the closed segment's number.
 
         Runs under the caller's lock at a checkpoint, so it does no disk wait: the
-        closed segment is fsynced and closed by the next ``sync`` (the timer), and
-        the new segment's directory entry with it. Its records were acknowledged by
-        ``os.write`` already; the snapshot that covers them is fsynced on its own.
-        With ``fsync_interval_s=0`` everything is synced here instead.
+        background thread retires the closed segment. Its records were acknowledged
+        already; the snapshot that covers them is fsynced on its own. With
+        ``fsync_interval_s=0`` everything is synced here instead.
         """
         with self._lock:
-            if self._fd is None:
-                self._open_active_locked()
-            closed, fd = self._active, self._fd
-            assert closed is not None and fd is not None
-            self._fd = None
-            if self.fsync_interval_s == 0:
-                os.fsync(fd)
-                os.close(fd)
-            else:
-                self._retired.append(fd)
-            self._dirty = False
-            self._open_segment_locked(closed + 1)
+            if self._segment is None:
+                self._next_segment_locked(0)
+            closed = self._active
+            assert closed is not None
+            self._next_segment_locked(0)
         if self._syncer is None and self.fsync_interval_s > 0:
             self._start_syncer()
         return closed
 
+    def _next_segment_locked(self, frame_bytes: int) -> MappedSegment:
+        """Retire the active segment (if any) and make the next one active."""
+        if self._closed:
+            raise RuntimeError(f"write-ahead log in {self.directory} is closed")
+        if self._active is None:
+            self._check_tail()
+            existing = self.segments()
+            number = max(existing[-1] if existing else 0, self._start_after) + 1
+        else:
+            number = self._active + 1
+        old, prepared = self._segment, self._next
+        self._segment = None
+        if old is not None:
+            if self.fsync_interval_s == 0:
+                old.retire()
+            else:
+                self._retired.append(old)
+        path = self.segment_path(number)
+        segment = None
+        if prepared is not None and prepared.capacity >= frame_bytes + _FRAME_HEAD.size:
+            self._next = None
+            try:
+                os.rename(prepared.path, path)
+                prepared.path = path
+                segment = prepared
+            except OSError:
+                prepared.discard()
+        if segment is None:
+            segment = MappedSegment(path, max(self.segment_bytes, frame_bytes))
+        self._segment, self._active = segment, number
+        if self.fsync_interval_s == 0:
+            _fsync_dir(self.directory)
+        else:
+            self._dir_dirty = True
+            self._wake.set()
+        return segment
+
     def sync(self) -> None:
-        """fsync whatever was written since the last sync: the active segment, rotated
-        segments (then closed) and the directory."""
+        """Make durable whatever was appended since the last sync: the active segment's
+        new records, full or rotated segments (then closed) and the directory."""
         with self._lock:
-            active = os.dup(self._fd) if self._fd is not None and self._dirty else None
-            self._dirty = False
+            active = self._segment
+            end = 0 if active is None else active.size
             retired, self._retired = self._retired, []
             sync_dir, self._dir_dirty = self._dir_dirty, False
         try:
-            for fd in retired:
-                os.fsync(fd)
+            for segment in retired:
+                segment.retire()
             if active is not None:
-                os.fsync(active)
+                active.flush(end)
             if sync_dir:
                 _fsync_dir(self.directory)
         except OSError:
             with self._lock:
-                self._dirty = self._dirty or active is not None
                 self._dir_dirty = self._dir_dirty or sync_dir
             raise
-        finally:
-            if active is not None:
-                os.close(active)
-            for fd in retired:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+
+    def _prepare(self) -> None:
+        """Populate the active segment and have the next one ready (background thread)."""
+        with self._lock:
+            active = self._segment
+            fill = active is not None and not active.populated
+            need_next = self._next is None and not self._closed
+        if fill:
+            assert active is not None
+            active.populate()
+        if need_next:
+            with contextlib.suppress(FileNotFoundError):
+                self._next_path.unlink()  # a preparation cut short by an error
+            prepared = MappedSegment(self._next_path, self.segment_bytes)
+            prepared.populate()
+            with self._lock:
+                if self._next is None and not self._closed:
+                    self._next, prepared = prepared, None
+            if prepared is not None:
+                prepared.discard()
 
     def drop_through(self, segment: int) -> None:
         """Delete segments numbered <= ``segment`` (they are covered by a snapshot)."""
@@ -723,52 +783,37 @@ class WriteAheadLog:
             _fsync_dir(self.directory)
 
     def close(self) -> None:
-        """fsync and close. Idempotent."""
+        """Flush, cut every segment to its records, fsync and close. Idempotent."""
         self._stop.set()
+        self._wake.set()
         syncer = self._syncer
         if syncer is not None and syncer is not threading.current_thread():
             syncer.join()
         with self._lock:
             self._closed = True
-            fd, self._fd = self._fd, None
+            active, self._segment = self._segment, None
+            prepared, self._next = self._next, None
             retired, self._retired = self._retired, []
             sync_dir, self._dir_dirty = self._dir_dirty, False
-        try:
-            for old in retired:
-                os.fsync(old)
-            if fd is not None:
-                os.fsync(fd)
-            if sync_dir:
-                _fsync_dir(self.directory)
-        finally:
-            for old in [*retired, fd]:
-                if old is not None:
-                    with contextlib.suppress(OSError):
-                        os.close(old)
+        if prepared is not None:
+            prepared.discard()
+        failed: list[OSError] = []
+        for segment in [*retired, active]:
+            if segment is not None:
+                try:
+                    segment.retire()  # closes its file even when a step fails
+                except OSError as exc:
+                    failed.append(exc)
+        if sync_dir:
+            _fsync_dir(self.directory)
+        if failed:
+            raise failed[0]
 
     def __enter__(self) -> WriteAheadLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _open_active_locked(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"write-ahead log in {self.directory} is closed")
-        self._check_tail()
-        existing = self.segments()
-        last = max(existing[-1] if existing else 0, self._start_after)
-        self._open_segment_locked(last + 1)
-
-    def _open_segment_locked(self, number: int) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        self._fd = os.open(self.segment_path(number), flags, 0o644)
-        self._active = number
-        self._size = 0
-        if self.fsync_interval_s == 0:
-            _fsync_dir(self.directory)
-        else:
-            self._dir_dirty = True
 
     def _start_syncer(self) -> None:
         with self._lock:
@@ -780,11 +825,22 @@ class WriteAheadLog:
             self._syncer.start()
 
     def _sync_loop(self) -> None:
-        while not self._stop.wait(self.fsync_interval_s):
+        due = time.monotonic() + self.fsync_interval_s
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, due - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
-                self.sync()
+                self._prepare()
             except Exception:
-                logger.exception("fsync of the write-ahead log in %s failed", self.directory)
+                logger.exception("preparing a write-ahead log segment in %s failed", self.directory)
+            if time.monotonic() >= due:
+                due = time.monotonic() + self.fsync_interval_s
+                try:
+                    self.sync()
+                except Exception:
+                    logger.exception("fsync of the write-ahead log in %s failed", self.directory)
 
     # -- recovery ---------------------------------------------------------
 
@@ -820,9 +876,15 @@ class WriteAheadLog:
                     ) from exc
 
     def _check_tail(self) -> None:
-        """Cut a torn final record off the newest segment (once per instance)."""
+        """Cut a torn final record, and the zero fill of a segment that was never
+        retired, off the newest segment; delete segments left half prepared (once per
+        instance)."""
         if self._tail_checked:
             return
+        for entry in os.scandir(self.directory):
+            if entry.name.endswith(_PREPARED_SUFFIX) and entry.path != str(self._next_path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
         existing = [n for n in self.segments() if n != self._active]
         if existing:
             path = self.segment_path(existing[-1])
@@ -841,6 +903,7 @@ class WriteAheadLog:
                 )
                 logger.warning(message)
                 warnings.warn(message, WalTornTailWarning, stacklevel=3)
+            if scan.valid_end < len(data):
                 with open(path, "r+b") as f:
                     f.truncate(scan.valid_end)
                     f.flush()

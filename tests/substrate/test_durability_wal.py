@@ -171,7 +171,7 @@ def _frame_offsets(records: list[WalRecord]) -> list[int]:
 
 @pytest.mark.parametrize(
     "damage",
-    ["cut_inside_body", "cut_inside_header", "crc_flip_in_last_record", "zero_fill_after"],
+    ["cut_inside_body", "cut_inside_header", "crc_flip_in_last_record", "copy_cut_short"],
 )
 def test_torn_final_record_is_skipped_with_a_warning(tmp_path: Path, damage: str) -> None:
     rng = np.random.default_rng(4)
@@ -186,10 +186,11 @@ def test_torn_final_record_is_skipped_with_a_warning(tmp_path: Path, damage: str
         data = data[: last + 5]
     elif damage == "crc_flip_in_last_record":
         data[last + 40] ^= 0x01
-    else:  # power loss: blocks past the last write read back as zeros
+    else:  # killed while copying into a mapped segment: the rest is the zero fill
+        data[size - 100 :] = bytes(100)
         data += bytes(4096)
     path.write_bytes(bytes(data))
-    intact = 25 if damage == "zero_fill_after" else 24
+    intact = 24
 
     wal = WriteAheadLog(tmp_path)
     with pytest.warns(WalTornTailWarning, match=re.escape(str(path))) as caught:
@@ -230,6 +231,31 @@ def test_torn_tail_is_repaired_by_the_first_append_even_without_replay(tmp_path:
         "memory 3",
         "new process",
     ]
+
+
+def test_zero_fill_after_the_last_record_is_the_end_of_the_log(tmp_path: Path) -> None:
+    """A mapped segment is preallocated: after a crash its file runs on in zeros past
+    the last record (as blocks past the last write do after power loss). That is the
+    end of the log, not damage: every record replays, nothing is reported, and the
+    zeros are cut off before appends go on."""
+    rng = np.random.default_rng(5)
+    records = [_deposit(rng, f"memory {i}") for i in range(25)]
+    path = _write(tmp_path, records)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size + 3 * 4096 + 17)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wal = WriteAheadLog(tmp_path)
+        got = list(wal.replay(0))
+    assert len(got) == 25
+    for g, w in zip(got, records, strict=True):
+        _assert_same(g, w)
+    assert path.stat().st_size == size
+    wal.append(_deposit(rng, "after recovery"))
+    wal.close()
+    again = _replay_all(tmp_path)
+    assert [r.payload for r in again[-2:]] == ["memory 24", "after recovery"]  # type: ignore[union-attr]
 
 
 def test_damage_before_the_final_record_raises_naming_file_and_offset(tmp_path: Path) -> None:

@@ -481,7 +481,13 @@ _KIND_BYTES = {kind: bytes([kind]) for kind in _DECODERS}
 
 
 def encode_record(record: WalRecord) -> bytes:
-    """One complete frame (header + kind + body), appended as one piece."""
+    """One complete frame (header + kind + body)."""
+    return b"".join(encode_frame(record))
+
+
+def encode_frame(record: WalRecord) -> tuple[bytes, bytes]:
+    """A frame as (header, kind + body): a segment copies the two pieces, so the body is
+    never copied into a joined frame first."""
     try:
         kind, encode = _ENCODERS[type(record)]
     except KeyError:
@@ -490,8 +496,7 @@ def encode_record(record: WalRecord) -> bytes:
         ) from None
     payload = b"".join([_KIND_BYTES[kind], *encode(record)])
     length = _LEN.pack(len(payload))
-    crc = zlib.crc32(payload, zlib.crc32(length))
-    return b"".join((length, _LEN.pack(crc), payload))
+    return _FRAME_HEAD.pack(len(payload), zlib.crc32(payload, zlib.crc32(length))), payload
 
 
 def decode_record(frame_payload: memoryview) -> WalRecord:
@@ -656,12 +661,13 @@ class WriteAheadLog:
 
     def append(self, record: WalRecord) -> None:
         """Encode the record and copy it into the active segment."""
-        frame = encode_record(record)
+        head, body = encode_frame(record)
+        size = len(head) + len(body)
         with self._lock:
             segment = self._segment
-            if segment is None or segment.size + len(frame) > segment.capacity:
-                segment = self._next_segment_locked(len(frame))
-            segment.append(frame)
+            if segment is None or segment.size + size > segment.capacity:
+                segment = self._next_segment_locked(size)
+            segment.append(head, body)
             if self.fsync_interval_s == 0:
                 segment.flush(segment.size)
         if self._syncer is None and self.fsync_interval_s > 0:
@@ -704,7 +710,7 @@ class WriteAheadLog:
                 self._retired.append(old)
         path = self.segment_path(number)
         segment = None
-        if prepared is not None and prepared.capacity >= frame_bytes + _FRAME_HEAD.size:
+        if prepared is not None and prepared.capacity >= frame_bytes:
             self._next = None
             try:
                 os.rename(prepared.path, path)

@@ -76,13 +76,14 @@ class MappedSegment:
         self.synced = 0  # bytes made durable by flush
         self.populated = False
 
-    def append(self, frame: bytes) -> None:
+    def append(self, head: bytes, body: bytes) -> None:
         """Copy one frame (the caller checked it fits). The header goes first, so a copy
         cut short leaves a frame whose length is known and whose CRC fails."""
-        start, end = self.size, self.size + len(frame)
-        view = memoryview(frame)
-        self._map[start : start + 8] = view[:8]
-        self._map[start + 8 : end] = view[8:]
+        start = self.size
+        middle = start + len(head)
+        end = middle + len(body)
+        self._map[start:middle] = head
+        self._map[middle:end] = body
         self.size = end
 
     def populate(self) -> None:

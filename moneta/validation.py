@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import struct
 from collections.abc import Sequence
@@ -21,6 +20,8 @@ def payload(value: Any) -> str:
 
 
 def protected_floor(value: Any) -> float:
+    if type(value) is float and 0.0 <= value <= 1.0:  # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"protected_floor must be a number in [0, 1], got {type(value).__name__}")
     floor = float(value)
@@ -60,7 +61,7 @@ def embedding(value: Any, dim: int | None) -> np.ndarray:
         raise ValueError(f"embedding has dimension {vector.size}, but this store's is {dim}")
     # One reduction checks both rules: a NaN or inf entry makes the squared length
     # NaN or inf, so the element-wise scan only runs to say which rule broke.
-    squared = float(np.dot(vector, vector))
+    squared = float(vector.dot(vector))
     if not 0.0 < squared < math.inf:
         if not isinstance(value, np.ndarray) and None in value:  # numpy reads None as NaN
             raise TypeError(f"embedding must contain only numbers, got None at {value.index(None)}")
@@ -82,17 +83,18 @@ def _packed_list(value: Any, dim: int | None) -> np.ndarray | None:
     """
     if dim is None or type(value) is not list or len(value) != dim:
         return None
+    packer = _PACKERS.get(dim)
+    if packer is None:
+        packer = _PACKERS.setdefault(dim, struct.Struct(f"={dim}f"))
     vector = np.empty(dim, dtype=np.float32)
     try:
-        _float32_packer(dim).pack_into(vector, 0, *value)
+        packer.pack_into(vector, 0, *value)
     except (struct.error, OverflowError, TypeError):
         return None
     return vector
 
 
-@functools.lru_cache(maxsize=16)
-def _float32_packer(dim: int) -> struct.Struct:
-    return struct.Struct(f"={dim}f")
+_PACKERS: dict[int, struct.Struct] = {}  # by dimension: a store has one
 
 
 def weighted_states(states: frozenset[EntityState] | None) -> None:

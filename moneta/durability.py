@@ -568,14 +568,16 @@ def _all_zero(data: memoryview, start: int) -> bool:
 
 _SEGMENT_RE = re.compile(r"^(\d{12})\.wal$")
 _PREPARED_SUFFIX = ".wal.tmp"  # a segment being prepared; never replayed
-SEGMENT_BYTES = 16 << 20
+SEGMENT_BYTES = 16 << 20  # the largest segment
+FIRST_SEGMENT_BYTES = 1 << 20  # segments start here and double: a small store stays small
 
 
 class WriteAheadLog:
     """Segmented append-only log; thread-safe ``append``.
 
     ``directory`` is the store directory (segments go to ``directory/wal``; a path
-    already named ``wal`` is used as-is). Segments are ``MappedSegment`` files of
+    already named ``wal`` is used as-is). Segments are ``MappedSegment`` files, the
+    first of ``FIRST_SEGMENT_BYTES``, each next one twice as large up to
     ``segment_bytes``: an append is a copy into the page cache, and one that does not
     fit continues in the next segment. The active segment is created lazily by the
     first ``append``/``rotate``, after the tail of the newest existing segment has been
@@ -618,6 +620,7 @@ class WriteAheadLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync_interval_s = interval
         self.segment_bytes = segment_bytes
+        self._capacity = min(FIRST_SEGMENT_BYTES, segment_bytes)  # of the next new segment
         self._start_after = int(start_after)
         self._lock = threading.Lock()
         self._segment: MappedSegment | None = None
@@ -719,7 +722,7 @@ class WriteAheadLog:
             except OSError:
                 prepared.discard()
         if segment is None:
-            segment = MappedSegment(path, max(self.segment_bytes, frame_bytes))
+            segment = MappedSegment(path, max(self._take_capacity(), frame_bytes))
         self._segment, self._active = segment, number
         if self.fsync_interval_s == 0:
             _fsync_dir(self.directory)
@@ -727,6 +730,11 @@ class WriteAheadLog:
             self._dir_dirty = True
             self._wake.set()
         return segment
+
+    def _take_capacity(self) -> int:
+        capacity = self._capacity
+        self._capacity = min(2 * capacity, self.segment_bytes)
+        return capacity
 
     def sync(self) -> None:
         """Make durable whatever was appended since the last sync: the active segment's
@@ -754,13 +762,14 @@ class WriteAheadLog:
             active = self._segment
             fill = active is not None and not active.populated
             need_next = self._next is None and not self._closed
+            capacity = self._take_capacity() if need_next else 0
         if fill:
             assert active is not None
             active.populate()
         if need_next:
             with contextlib.suppress(FileNotFoundError):
                 self._next_path.unlink()  # a preparation cut short by an error
-            prepared = MappedSegment(self._next_path, self.segment_bytes)
+            prepared = MappedSegment(self._next_path, capacity)
             prepared.populate()
             with self._lock:
                 if self._next is None and not self._closed:

@@ -241,6 +241,11 @@ class HotTier:
         """(n, dim) view of the live vectors."""
         return self._vectors[: self._n]
 
+    def spare_vectors(self, rows: int) -> np.ndarray:
+        """View of the (at most ``rows``) reserved vector rows the next appends will
+        write, for faulting their pages in ahead of them."""
+        return self._vectors[self._n : self._n + rows]
+
     def columns(self) -> Columns:
         """Views of the live scalar columns; writes through them change the table (so
         the decay anchor, which caches utility and time per row, is dropped)."""

@@ -3,10 +3,10 @@
 An append is a copy into the mapping. The pages are the file's page-cache pages, so a
 record is in the kernel the moment the copy ends and survives ``kill -9`` exactly as
 an ``os.write`` would, without a system call. ``populate`` faults every page in
-writable ahead of time (``MADV_POPULATE_WRITE``, called through ctypes so the GIL is
-released): a deposit then never stops to allocate a page-cache page, which made one
-``os.write`` in ten 5-10x slower than the rest (measured at 100k deposits: p50 2.8 µs,
-p90 15.6 µs, p99 25 µs; a copy into populated pages: p99 0.8 µs).
+writable ahead of time (``moneta.pages``, without the GIL): a deposit then never
+stops to allocate a page-cache page, which made one ``os.write`` in ten 5-10x slower
+than the rest (measured at 100k deposits: p50 2.8 µs, p90 15.6 µs, p99 25 µs; a copy
+into populated pages: p99 0.8 µs).
 
 ``flush`` makes a byte range durable with ``msync`` of that range only: an ``fsync``
 would also write back the populated pages ahead, which the kernel then write-protects
@@ -24,39 +24,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import logging
 import mmap
 import os
-import sys
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
-_PAGE = mmap.PAGESIZE
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+; older kernels answer EINVAL and pages fault lazily
-_MS_SYNC = 4  # Linux's value
-
-
-def _libc() -> ctypes.CDLL | None:
-    if sys.platform != "linux":
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        for function in (libc.madvise, libc.msync):
-            function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _libc()
+from moneta import pages
 
 
 class MappedSegment:
     """A segment file of ``capacity`` bytes, mapped read-write and shared."""
 
     def __init__(self, path: Path, capacity: int) -> None:
-        capacity = max(_PAGE, -(-capacity // _PAGE) * _PAGE)
+        capacity = max(pages.PAGE, -(-capacity // pages.PAGE) * pages.PAGE)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             _preallocate(fd, capacity)
@@ -89,24 +68,20 @@ class MappedSegment:
     def populate(self) -> None:
         """Fault in every page from the current end on, writable. Safe beside appends."""
         self.populated = True
-        start = self.size // _PAGE * _PAGE
-        if _LIBC is None or start >= self.capacity:
-            return
-        if _LIBC.madvise(self._address + start, self.capacity - start, _MADV_POPULATE_WRITE):
-            code = ctypes.get_errno()
-            if code not in (errno.EINVAL, errno.ENOSYS):
-                logger.debug("populating %s failed: %s", self.path, os.strerror(code))
+        start = self.size // pages.PAGE * pages.PAGE
+        pages.populate(self._address + start, self.capacity - start)
 
     def flush(self, end: int) -> None:
         """Make bytes up to ``end`` durable (from the last flushed page on)."""
-        start = self.synced // _PAGE * _PAGE
         if end <= self.synced:
             return
-        if _LIBC is None:
+        start = self.synced // pages.PAGE * pages.PAGE
+        try:
+            synced = pages.sync_range(self._address + start, end - start)
+        except OSError as exc:
+            raise OSError(exc.errno, f"msync of {self.path}: {exc.strerror}") from None
+        if not synced:
             os.fsync(self.fd)
-        elif _LIBC.msync(self._address + start, end - start, _MS_SYNC):
-            code = ctypes.get_errno()
-            raise OSError(code, f"msync of {self.path}: {os.strerror(code)}")
         self.synced = end
 
     def retire(self) -> None:

@@ -182,18 +182,48 @@ def test_top_rows_finds_the_largest_scores_best_first(n: int, k: int) -> None:
         assert np.array_equal(scores[top], want)
 
 
-def _vm_flags(address: int) -> list[str]:
-    """The VmFlags of the mapping of this process that holds ``address``."""
-    inside = False
+def _mapping(address: int) -> dict[str, list[str]]:
+    """The smaps fields of the mapping of this process that holds ``address``."""
+    fields: dict[str, list[str]] | None = None
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             head = line.split()[0]
             if "-" in head and not head.endswith(":"):
+                if fields is not None:
+                    return fields
                 start, end = (int(x, 16) for x in head.split("-"))
-                inside = start <= address < end
-            elif inside and head == "VmFlags:":
-                return line.split()[1:]
-    raise AssertionError(f"no mapping holds {address:#x}")
+                fields = {} if start <= address < end else None
+            elif fields is not None:
+                fields[head.rstrip(":")] = line.split()[1:]
+    if fields is None:
+        raise AssertionError(f"no mapping holds {address:#x}")
+    return fields
+
+
+def _vm_flags(address: int) -> list[str]:
+    return _mapping(address)["VmFlags"]
+
+
+def _resident_bytes(address: int) -> int:
+    return int(_mapping(address)["Rss"][0]) * 1024
+
+
+def test_the_vector_rows_the_next_deposits_write_are_faulted_in_ahead(clock: FakeClock) -> None:
+    """The scheduler's fault-in task makes the reserved rows after the last one resident
+    (FAULT_IN_BYTES of them), so deposits do not stop for a page fault every few rows."""
+    from moneta.api import FAULT_IN_BYTES
+
+    rng = np.random.default_rng(64)
+    with Moneta(MonetaConfig.ephemeral(clock=clock, auto_sleep=False, embedding_dim=384)) as m:
+        m._scheduler.stop()  # this test runs the task itself
+        for i in range(100):
+            m.deposit(f"memory {i}", unit_vector(rng, 384))
+        column = m._hot.vectors.ctypes.data
+        before = _resident_bytes(column)
+        assert before < 100 * 1536 + FAULT_IN_BYTES // 4  # far from faulted in yet
+        m._fault_in_ahead()
+        assert _resident_bytes(column) >= 100 * 1536 + FAULT_IN_BYTES
+        assert m._fault_in_at == 100 + FAULT_IN_BYTES // 1536 // 2
 
 
 def test_a_reserved_vector_column_is_private_and_never_huge_paged() -> None:

@@ -152,8 +152,9 @@ def run_one(n: int, query_count: int, workdir: Path, backend: str, cold: str) ->
     ids: list[UUID] = []
     lat = np.empty(n)
     cpu = np.empty(n)
-    # The floor a deposit cannot go below, timed in the same loop: the list -> float32
-    # conversion and one append-only write of a WAL-sized frame to a file.
+    # A reference timed in the same loop, so both see the same machine: the list ->
+    # float32 conversion with numpy and one append-only os.write of a WAL-sized frame
+    # (a deposit converts with struct and copies its frame into a mapped WAL segment).
     floor = np.empty(n)
     floor_fd = os.open(workdir / "floor.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     frame = bytes(4 * DIM + 96)

@@ -93,7 +93,10 @@ def test_back_pressure_defers_beyond_the_bound_to_later_passes_on_disk(
         "deferred": 7, "pending": 3, "answered": 0, "gisted": 0, "failed": 0, "skipped": 0
     }  # fmt: skip
     stub.release()  # answers arrive while no handle is open: authored under the store lock
-    wait_until(lambda: store.ledger.counts()["gisted"] == 3, what="3 gists, store closed")
+    # Idle means each job has returned, so its store lock is released too (the ledger
+    # says "gisted" inside the locked section, a moment before the release).
+    assert dispatcher.wait_idle(20.0)
+    assert store.ledger.counts()["gisted"] == 3
     m = store.open()
     handed = []
     while store.ledger.counts()["gisted"] < 10:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -157,13 +158,17 @@ class Workers:
         proc.wait(timeout=10)
         return pids
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float = 3.0) -> None:
+        """SIGTERM every worker; SIGKILL those still running ``grace`` s later. An idle
+        worker exits at once; one in a job would finish it first (RQ's warm shutdown),
+        which a test that is over has no use for."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + grace
         for proc in self.procs.values():
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)

@@ -753,6 +753,9 @@ class WriteAheadLog:
                 _fsync_dir(self.directory)
         except OSError:
             with self._lock:
+                # retire() closes its file even when it fails: the segments still open
+                # were not reached, and the next sync tries them again.
+                self._retired[:0] = [segment for segment in retired if segment.fd >= 0]
                 self._dir_dirty = self._dir_dirty or sync_dir
             raise
 
